@@ -28,7 +28,9 @@ DTYPES: dict[str, jnp.dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16
 def _torch_uniform(scale: float) -> nn.initializers.Initializer:
     """PyTorch's RNN init: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
 
-    def init(key: chex.PRNGKey, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> chex.Array:
+    def init(
+        key: chex.PRNGKey, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32
+    ) -> chex.Array:
         return jax.random.uniform(key, shape, dtype, -scale, scale)
 
     return init

@@ -1,0 +1,232 @@
+"""TrainState, the jitted train and eval steps, and optimizer construction.
+
+The step is the whole update of DESIGN.md: forward, per-task losses ``[K]``, the weighting
+strategy, one backward pass, optax. It is a pure function ``(state, batch) -> (state,
+metrics)``, jitted once per batch shape with the state donated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtlrnn.losses import Batch
+from mtlrnn.losses import task_losses
+from mtlrnn.metrics import Stats
+from mtlrnn.metrics import batch_stats
+from mtlrnn.model import MultiTaskRNN
+from mtlrnn.tasks import TaskSpec
+from mtlrnn.trunk import DTYPES
+from mtlrnn.weighting import Strategy
+from mtlrnn.weighting import get as get_strategy
+
+StepFn = Callable[["TrainState", Batch], tuple["TrainState", dict[str, chex.Array]]]
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training, as one pytree.
+
+    Attributes:
+      step: int32 scalar, number of updates applied.
+      params: model parameters.
+      opt_state: optax state.
+      weight_state: the weighting strategy's state.
+      rng: PRNG key; step ``t`` uses ``fold_in(rng, t)`` for dropout.
+    """
+
+    step: chex.Array
+    params: Any
+    opt_state: Any
+    weight_state: Any
+    rng: chex.PRNGKey
+
+
+def build_model(
+    model_cfg: Any, tasks: tuple[TaskSpec, ...], *, vocab_size: int, num_features: int = 0
+) -> MultiTaskRNN:
+    """A :class:`MultiTaskRNN` from a ``ModelConfig`` (any object with its fields)."""
+    return MultiTaskRNN(
+        tasks=tasks,
+        vocab_size=vocab_size,
+        num_features=num_features,
+        embed_dim=model_cfg.embed_dim,
+        cell=model_cfg.cell,
+        hidden_size=model_cfg.hidden_size,
+        num_layers=model_cfg.num_layers,
+        bidirectional=model_cfg.bidirectional,
+        dropout=model_cfg.dropout,
+        embed_dropout=model_cfg.embed_dropout,
+        unroll=model_cfg.unroll,
+        remat=model_cfg.remat,
+        param_dtype=DTYPES[model_cfg.param_dtype],
+        dtype=DTYPES[model_cfg.compute_dtype],
+    )
+
+
+def build_strategy(weighting_cfg: Any, tasks: tuple[TaskSpec, ...]) -> Strategy:
+    """The weighting strategy of a ``WeightingConfig``.
+
+    ``fixed`` without explicit ``weights`` takes each task's ``TaskSpec.weight``.
+    """
+    params = dict(weighting_cfg.params)
+    if weighting_cfg.name == "fixed":
+        params.setdefault("weights", [t.weight for t in tasks])
+    strategy = get_strategy(weighting_cfg.name, **params)
+    if strategy.requires != "losses":
+        raise ValueError(
+            f"weighting.name: {weighting_cfg.name!r} needs per-task gradients, which this "
+            "trainer does not compute yet; use a loss-based strategy"
+        )
+    return strategy
+
+
+def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
+    """Learning-rate schedule: linear warm-up, then constant or cosine decay to
+    ``learning_rate * end_lr_fraction`` at ``total_steps``."""
+    lr = opt_cfg.learning_rate
+    warmup = min(opt_cfg.warmup_steps, max(total_steps - 1, 0))
+    if opt_cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else lr,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=lr * opt_cfg.end_lr_fraction,
+        )
+    if warmup == 0:
+        return optax.constant_schedule(lr)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
+
+
+def make_optimizer(
+    opt_cfg: Any, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax optimizer of an ``OptimizerConfig``: adam, adamw or sgd (+momentum), with the
+    schedule of :func:`make_schedule` and optional global-norm clipping."""
+    schedule = make_schedule(opt_cfg, total_steps)
+    if opt_cfg.name == "adam":
+        opt = optax.adam(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps)
+    elif opt_cfg.name == "adamw":
+        opt = optax.adamw(
+            schedule,
+            b1=opt_cfg.b1,
+            b2=opt_cfg.b2,
+            eps=opt_cfg.eps,
+            weight_decay=opt_cfg.weight_decay,
+        )
+    elif opt_cfg.name == "sgd":
+        opt = optax.sgd(schedule, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.nesterov)
+    else:
+        raise ValueError(f"optimizer.name: must be one of adam, adamw, sgd; got {opt_cfg.name!r}")
+    if opt_cfg.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), opt)
+    return opt, schedule
+
+
+def create_train_state(
+    model: MultiTaskRNN,
+    optimizer: optax.GradientTransformation,
+    strategy: Strategy,
+    example_batch: Batch,
+    *,
+    seed: int,
+) -> TrainState:
+    """Initialise parameters, optimizer and weighting state from ``seed``."""
+    init_key, rng = jax.random.split(jax.random.key(seed))
+    variables = model.init(
+        init_key, jnp.asarray(example_batch["inputs"]), jnp.asarray(example_batch["lengths"])
+    )
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        weight_state=strategy.init(len(model.tasks)),
+        rng=rng,
+    )
+
+
+def make_train_step(
+    model: MultiTaskRNN,
+    optimizer: optax.GradientTransformation,
+    strategy: Strategy,
+    schedule: optax.Schedule | None = None,
+) -> StepFn:
+    """The (un-jitted) train step ``(state, batch) -> (state, metrics)``.
+
+    metrics: ``losses [K]``, ``loss`` (weighted total), ``weights [K]``, ``grad_norm``,
+    ``lr``, ``tokens`` (valid time steps in the batch).
+
+    One backward pass: the VJP of the loss vector with the (stop-gradient) weights as the
+    cotangent is the gradient of ``sum_k w_k * loss_k``.
+    """
+    tasks = model.tasks
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, chex.Array]]:
+        key = jax.random.fold_in(state.rng, state.step)
+        drop_key, weight_key = jax.random.split(key)
+
+        def loss_vector(params: Any) -> chex.Array:
+            outputs = model.apply(
+                {"params": params},
+                batch["inputs"],
+                batch["lengths"],
+                train=True,
+                rngs={"dropout": drop_key},
+            )
+            return task_losses(tasks, outputs, batch)
+
+        losses, vjp = jax.vjp(loss_vector, state.params)
+        weights, weight_state, _ = strategy.combine(
+            state.weight_state, jax.lax.stop_gradient(losses), key=weight_key
+        )
+        weights = jax.lax.stop_gradient(weights).astype(losses.dtype)
+        (grads,) = vjp(weights)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "losses": losses,
+            "loss": jnp.sum(weights * losses),
+            "weights": weights,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state.step) if schedule is not None else jnp.nan,
+            "tokens": jnp.sum(batch["lengths"]),
+        }
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, weight_state=weight_state
+        )
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(model: MultiTaskRNN) -> Callable[[Any, Batch], tuple[chex.Array, Stats]]:
+    """The (un-jitted) eval step ``(params, batch) -> (losses [K], stats)``."""
+
+    def step(params: Any, batch: Batch) -> tuple[chex.Array, Stats]:
+        outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
+        return task_losses(model.tasks, outputs, batch), batch_stats(model.tasks, outputs, batch)
+
+    return step
+
+
+def params_sha256(params: Mapping[str, Any]) -> str:
+    """SHA-256 over every parameter's path, dtype, shape and bytes, in tree order."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        arr = np.asarray(leaf)
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(f"{arr.dtype}{arr.shape}".encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
