@@ -59,6 +59,19 @@ def load_suite(cfg: Config) -> Suite:
     raise ConfigError(f"data.source: must be one of synthetic; got {cfg.data.source!r}")
 
 
+def resolve_buckets(
+    suite: Suite, buckets: tuple[int, ...], splits: tuple[str, ...]
+) -> tuple[int, ...]:
+    """Bucket lengths fitted on the train split and checked against every split used."""
+    resolved = tuple(buckets)
+    for split in splits:
+        try:
+            resolved = bucket_lengths(suite.splits[split], resolved)
+        except ValueError as e:
+            raise ConfigError(f"data.{e} ({split} split)") from None
+    return resolved
+
+
 class Placement:
     """Where arrays live: one device, or a ``data`` mesh axis over all devices.
 
@@ -177,9 +190,7 @@ def fit(
                 f"train.eval_splits: unknown split {split!r}; the data has "
                 f"{', '.join(suite.splits)}"
             )
-    buckets = bucket_lengths(suite.splits["train"], cfg.data.buckets)
-    for split in cfg.train.eval_splits:
-        bucket_lengths(suite.splits[split], buckets)
+    buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
     placement = Placement(cfg.parallel.mode, (cfg.train.batch_size, cfg.train.eval_batch_size))
 
     os.makedirs(workdir, exist_ok=True)
@@ -358,7 +369,7 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
     suite = load_suite(cfg)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     strategy = build_strategy(cfg.weighting, tasks)
-    buckets = bucket_lengths(suite.splits["train"], cfg.data.buckets)
+    buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
     placement = Placement(cfg.parallel.mode, (cfg.train.batch_size, cfg.train.eval_batch_size))
     model = build_model(cfg.model, tasks, vocab_size=suite.vocab_size)
     optimizer, _ = make_optimizer(cfg.optimizer, cfg.train.steps)

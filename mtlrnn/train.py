@@ -199,7 +199,7 @@ def make_train_step(
             "losses": losses,
             "loss": jnp.sum(weights * losses),
             "weights": weights,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step) if schedule is not None else jnp.nan,
             "tokens": jnp.sum(batch["lengths"]),
         }
