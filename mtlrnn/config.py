@@ -222,12 +222,12 @@ class OptimizerConfig:
 class TrainConfig:
     """The training loop."""
 
-    steps: int = _opt(600, "optimizer steps", min=1)
+    steps: int = _opt(3000, "optimizer steps", min=1)
     batch_size: int = _opt(32, "sequences per training batch", min=1)
     eval_batch_size: int = _opt(128, "sequences per evaluation batch", min=1)
     seed: int = _opt(0, "seed for parameter init, dropout and batch order", min=0)
     eval_every: int = _opt(0, "evaluate every this many steps; 0 = only at the end", min=0)
-    log_every: int = _opt(25, "log training metrics every this many steps", min=1)
+    log_every: int = _opt(50, "log training metrics every this many steps", min=1)
     eval_splits: tuple[Split, ...] = _opt(
         ("dev", "test"), "splits evaluated and summarised (train, dev, test)"
     )
