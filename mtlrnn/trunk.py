@@ -62,6 +62,9 @@ def scan_direction(
     """
     batch = x.shape[0]
     hidden = params["w_hh"].shape[0]
+    # Zero padded inputs first: a masked step's cotangent is 0, and 0 * NaN would still
+    # poison the weight gradient if padding held NaN (e.g. padded time series).
+    x = jnp.where(mask[:, :, None], x, jnp.zeros_like(x))
     # The input projection of every step in one matmul, time-major for the scan.
     gx = jnp.einsum("bli,ig->lbg", x, params["w_ih"]) + params["b_ih"]
     mask_t = jnp.swapaxes(mask, 0, 1)[:, :, None]  # [L, B, 1]

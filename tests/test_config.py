@@ -59,7 +59,7 @@ def test_defaults_match_the_brief():
     cfg = C.default_config()
     assert (cfg.model.cell, cfg.model.hidden_size, cfg.model.dropout) == ("lstm", 128, 0.1)
     assert (cfg.optimizer.name, cfg.optimizer.learning_rate) == ("adam", 3e-3)
-    assert (cfg.train.steps, cfg.train.eval_splits) == (600, ("dev", "test"))
+    assert (cfg.train.steps, cfg.train.eval_splits) == (3000, ("dev", "test"))
     assert (cfg.weighting.name, cfg.weighting.params) == ("equal", {})
     assert isinstance(cfg.data.synthetic, C.SyntheticConfig)
 
