@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # source in the message; they are input errors, not crashes.
         print(f"mtlrnn: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # An unwritable workdir, a full disk, an unreadable checkpoint: no stack trace.
+        print(f"mtlrnn: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mtlrnn: interrupted", file=sys.stderr)
         return 130

@@ -11,14 +11,14 @@ from typing import Any
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` (and TensorBoard).
+    """Writes one JSON object per logged step to a fresh ``metrics.jsonl`` (and TensorBoard).
 
     TensorBoard event files are written with tensorboardX when ``tensorboard`` is True.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = False) -> None:
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
