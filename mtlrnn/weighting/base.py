@@ -25,30 +25,124 @@ from typing import Literal
 from typing import NamedTuple
 
 import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 State = Any
 Info = dict[str, chex.Array]
-InitFn = Callable[[int], State]
+InitFn = Callable[..., State]
 CombineFn = Callable[..., tuple[Any, State, Info]]
+GramFn = Callable[..., tuple[chex.Array, State, Info]]
+AfterFn = Callable[[State, chex.Array, chex.Array], State]
 
 
 class Strategy(NamedTuple):
-    """A weighting strategy: two pure functions and what they need.
+    """A weighting strategy: pure functions and what they need.
 
     Attributes:
       name: registry name.
       requires: ``"losses"`` (loss vector only) or ``"grads"`` (per-task gradients too).
-      init: ``num_tasks -> state``.
+      init: ``init(num_tasks, *, dim=None) -> state``. ``dim`` is ``D``, the flat gradient
+        width; only strategies with ``needs_dim`` use it (e.g. gradient moving averages).
       combine: ``(state, losses [K], grads=None, key=None) -> (out, state, info)``.
+      from_gram: optional ``(state, losses [K], gram [K, K], key=None) -> (weights [K],
+        state, info)`` for gradient methods whose direction is ``weights @ J``, with weights
+        a function of the Gramian ``G = J J^T`` alone. Enables the Gramian-only gradient
+        mode (``J`` is never materialised). ``None`` when the method needs ``J`` itself.
+      after_update: optional ``(state, losses_before [K], losses_after [K]) -> state``,
+        called with the losses of the same batch after the parameter update (FAMO).
+      needs_dim: the state depends on ``D`` (``init`` must receive ``dim``), so the
+        gradient width must be the same every step.
+      modes: the per-task gradient modes (see :mod:`mtlrnn.gradients`) the method may run
+        in: ``full`` (Jacobian of the shared parameters), ``representation`` (Jacobian of
+        the trunk output) and ``gramian`` (``G`` only; needs ``from_gram``).
     """
 
     name: str
     requires: Literal["losses", "grads"]
     init: InitFn
     combine: CombineFn
+    from_gram: GramFn | None = None
+    after_update: AfterFn | None = None
+    needs_dim: bool = False
+    modes: tuple[str, ...] = ("full", "representation", "gramian")
 
 
 def check_num_tasks(num_tasks: int) -> None:
     """Raise ValueError unless ``num_tasks`` is a positive int."""
     if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
         raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
+
+
+def flatten_task_grads(grads: Any) -> tuple[chex.Array, Callable[[chex.Array], Any]]:
+    """``[K, D]`` matrix from per-task gradients given as a matrix or a pytree whose leaves
+    all have a leading ``K`` axis; plus the function mapping a ``[D]`` direction back to the
+    input's structure (without the ``K`` axis)."""
+    if isinstance(grads, jax.Array | np.ndarray) and jnp.ndim(grads) == 2:
+        return jnp.asarray(grads), lambda d: d
+    leaves, treedef = jax.tree.flatten(grads)
+    if not leaves:
+        raise ValueError("grads: empty pytree")
+    k = leaves[0].shape[0]
+    for leaf in leaves:
+        if leaf.ndim < 1 or leaf.shape[0] != k:
+            raise ValueError(
+                f"grads: every leaf needs the same leading task axis K={k}, got shape {leaf.shape}"
+            )
+    shapes = [leaf.shape[1:] for leaf in leaves]
+    sizes = [int(np.prod(s)) for s in shapes]
+    matrix = jnp.concatenate([leaf.reshape(k, -1) for leaf in leaves], axis=1)
+
+    def unflatten(direction: chex.Array) -> Any:
+        parts = jnp.split(direction, np.cumsum(sizes)[:-1])
+        return jax.tree.unflatten(
+            treedef, [p.reshape(s) for p, s in zip(parts, shapes, strict=True)]
+        )
+
+    return matrix, unflatten
+
+
+def gradient_strategy(
+    name: str,
+    init: InitFn,
+    matrix_combine: CombineFn,
+    *,
+    from_gram: GramFn | None = None,
+    needs_dim: bool = False,
+    modes: tuple[str, ...] | None = None,
+) -> Strategy:
+    """A gradient-based Strategy from a combine written for a ``[K, D]`` matrix.
+
+    The returned ``combine`` also accepts a pytree with a leading ``K`` axis and returns the
+    direction in the same structure. ``grads`` is required. ``modes`` defaults to every mode
+    the method can support: ``gramian`` only with ``from_gram``, ``representation`` only
+    without ``needs_dim`` (the representation's width changes with the sequence length).
+    """
+    if modes is None:
+        modes = ("full",)
+        if not needs_dim:
+            modes += ("representation",)
+        if from_gram is not None:
+            modes += ("gramian",)
+
+    def combine(
+        state: State, losses: chex.Array, grads: Any = None, key: chex.PRNGKey | None = None
+    ) -> tuple[Any, State, Info]:
+        if grads is None:
+            raise ValueError(f"weighting {name!r} needs per-task gradients: pass grads=[K, D]")
+        matrix, unflatten = flatten_task_grads(grads)
+        if matrix.shape[0] != losses.shape[0]:
+            raise ValueError(f"grads: {matrix.shape[0]} task rows but {losses.shape[0]} losses")
+        direction, state, info = matrix_combine(state, losses, matrix, key)
+        return unflatten(direction), state, info
+
+    return Strategy(
+        name=name,
+        requires="grads",
+        init=init,
+        combine=combine,
+        from_gram=from_gram,
+        needs_dim=needs_dim,
+        modes=tuple(modes),
+    )

@@ -74,3 +74,6 @@ def fixed(*, weights: Sequence[float] | None = None) -> Strategy:
         return w, state, {"weights": w}
 
     return Strategy(name="fixed", requires="losses", init=init, combine=combine)
+
+
+FACTORIES = {"equal": equal, "fixed": fixed}

@@ -6,12 +6,15 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from mtlrnn.weighting import dual
 from mtlrnn.weighting import loss_based
+from mtlrnn.weighting import projection
 from mtlrnn.weighting.base import Strategy
 
 _FACTORIES: dict[str, Callable[..., Strategy]] = {
-    "equal": loss_based.equal,
-    "fixed": loss_based.fixed,
+    **loss_based.FACTORIES,
+    **projection.FACTORIES,
+    **dual.FACTORIES,
 }
 
 
