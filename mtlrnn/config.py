@@ -175,6 +175,15 @@ class WeightingConfig:
 
     name: str = _opt("equal", "strategy name, one of mtlrnn.weighting.names()")
     params: dict[str, Any] = _opt({}, "strategy hyper-parameters, passed as keywords")
+    mode: Literal["full", "representation", "gramian"] = _opt(
+        "full",
+        "per-task gradients for gradient-based methods: full (Jacobian of the shared "
+        "parameters), representation (of the trunk output), gramian (G = J J^T only); "
+        "loss-based methods ignore it",
+    )
+    chunk_size: int = _opt(
+        0, "tasks per batched backward pass when forming per-task gradients; 0 = all", min=0
+    )
 
     def __post_init__(self) -> None:
         # Imported here so that reading a config does not import JAX until it is needed.
@@ -186,12 +195,17 @@ class WeightingConfig:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"name: must be one of {', '.join(allowed)}; got {self.name!r}{hint}")
         try:
-            weighting.get(self.name, **self.params)
+            strategy = weighting.get(self.name, **self.params)
         except (TypeError, ValueError) as e:
             # Messages that start with the hyper-parameter's name become weighting.params.<name>.
             msg = str(e)
             sep = "." if msg.split(":", 1)[0] in self.params else ": "
             raise ValueError(f"params{sep}{msg}") from e
+        if strategy.requires == "grads" and self.mode not in strategy.modes:
+            raise ValueError(
+                f"mode: {self.name!r} cannot run in mode {self.mode!r}; "
+                f"allowed: {', '.join(strategy.modes)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -184,6 +184,11 @@ def fit(
     suite = load_suite(cfg)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     strategy = build_strategy(cfg.weighting, tasks)
+    if cfg.weighting.chunk_size and len(tasks) % cfg.weighting.chunk_size:
+        raise ConfigError(
+            f"weighting.chunk_size: must divide the number of tasks ({len(tasks)}); "
+            f"got {cfg.weighting.chunk_size}"
+        )
     for split in cfg.train.eval_splits:
         if split not in suite.splits:
             raise ConfigError(
@@ -210,7 +215,15 @@ def fit(
     first = next(stream)
     state = create_train_state(model, optimizer, strategy, first, seed=cfg.train.seed)
     state = placement.state(state)
-    step_jit = jax.jit(make_train_step(model, optimizer, strategy, schedule), donate_argnums=0)
+    step_fn = make_train_step(
+        model,
+        optimizer,
+        strategy,
+        schedule,
+        grad_mode=cfg.weighting.mode,
+        chunk_size=cfg.weighting.chunk_size,
+    )
+    step_jit = jax.jit(step_fn, donate_argnums=0)
     eval_jit = jax.jit(make_eval_step(model))
 
     writer = MetricsWriter(workdir, tensorboard=cfg.logging.tensorboard)

@@ -19,6 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtlrnn.gradients import MODES
+from mtlrnn.gradients import gramian
+from mtlrnn.gradients import sum_tasks
+from mtlrnn.gradients import vmap_vjp
+from mtlrnn.heads import group_tasks
 from mtlrnn.losses import Batch
 from mtlrnn.losses import task_losses
 from mtlrnn.metrics import Stats
@@ -80,13 +85,7 @@ def build_strategy(weighting_cfg: Any, tasks: tuple[TaskSpec, ...]) -> Strategy:
     params = dict(weighting_cfg.params)
     if weighting_cfg.name == "fixed":
         params.setdefault("weights", [t.weight for t in tasks])
-    strategy = get_strategy(weighting_cfg.name, **params)
-    if strategy.requires != "losses":
-        raise ValueError(
-            f"weighting.name: {weighting_cfg.name!r} needs per-task gradients, which this "
-            "trainer does not compute yet; use a loss-based strategy"
-        )
-    return strategy
+    return get_strategy(weighting_cfg.name, **params)
 
 
 def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
@@ -152,9 +151,26 @@ def create_train_state(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
-        weight_state=strategy.init(len(model.tasks)),
+        weight_state=(
+            strategy.init(len(model.tasks), dim=shared_dim(model, params))
+            if strategy.needs_dim
+            else strategy.init(len(model.tasks))
+        ),
         rng=rng,
     )
+
+
+def split_params(model: MultiTaskRNN, params: Mapping[str, Any]) -> tuple[dict, dict]:
+    """``(shared, heads)``: the trunk and embedding parameters, and the task heads'."""
+    heads = {g.name for g in group_tasks(model.tasks)}
+    shared = {k: v for k, v in params.items() if k not in heads}
+    return shared, {k: v for k, v in params.items() if k in heads}
+
+
+def shared_dim(model: MultiTaskRNN, params: Mapping[str, Any]) -> int:
+    """``D`` of the full-Jacobian mode: the number of shared parameters."""
+    shared, _ = split_params(model, params)
+    return int(sum(np.size(x) for x in jax.tree.leaves(shared)))
 
 
 def make_train_step(
@@ -162,53 +178,132 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     strategy: Strategy,
     schedule: optax.Schedule | None = None,
+    *,
+    grad_mode: str = "full",
+    chunk_size: int = 0,
 ) -> StepFn:
     """The (un-jitted) train step ``(state, batch) -> (state, metrics)``.
 
-    metrics: ``losses [K]``, ``loss`` (weighted total), ``weights [K]``, ``grad_norm``,
+    metrics: ``losses [K]``, ``loss`` (weighted total where the method defines weights, else
+    the plain sum), ``weights [K]`` (NaN where the method defines none), ``grad_norm``,
     ``lr``, ``tokens`` (valid time steps in the batch).
 
-    One backward pass: the VJP of the loss vector with the (stop-gradient) weights as the
-    cotangent is the gradient of ``sum_k w_k * loss_k``.
+    Loss-based strategies take one backward pass: the VJP of the loss vector with the
+    (stop-gradient) weights as cotangent is the gradient of ``sum_k w_k * loss_k``. Gradient
+    strategies get per-task gradients in ``grad_mode`` (see :mod:`mtlrnn.gradients`); head
+    parameters always receive their own task's gradient.
     """
     tasks = model.tasks
+    num_tasks = len(tasks)
+    if grad_mode not in MODES:
+        raise ValueError(f"grad_mode: must be one of {', '.join(MODES)}; got {grad_mode!r}")
+    if strategy.requires == "grads" and grad_mode not in strategy.modes:
+        raise ValueError(
+            f"weighting.mode: {strategy.name!r} cannot run in mode {grad_mode!r}; "
+            f"allowed: {', '.join(strategy.modes)}"
+        )
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, chex.Array]]:
         key = jax.random.fold_in(state.rng, state.step)
         drop_key, weight_key = jax.random.split(key)
+        inputs, lengths = batch["inputs"], batch["lengths"]
 
         def loss_vector(params: Any) -> chex.Array:
             outputs = model.apply(
-                {"params": params},
-                batch["inputs"],
-                batch["lengths"],
-                train=True,
-                rngs={"dropout": drop_key},
+                {"params": params}, inputs, lengths, train=True, rngs={"dropout": drop_key}
             )
             return task_losses(tasks, outputs, batch)
 
-        losses, vjp = jax.vjp(loss_vector, state.params)
-        weights, weight_state, _ = strategy.combine(
-            state.weight_state, jax.lax.stop_gradient(losses), key=weight_key
-        )
+        wstate = state.weight_state
+        if strategy.requires == "losses":
+            losses, vjp = jax.vjp(loss_vector, state.params)
+            weights, wstate, info = strategy.combine(
+                wstate, jax.lax.stop_gradient(losses), key=weight_key
+            )
+            (grads,) = vjp(jax.lax.stop_gradient(weights).astype(losses.dtype))
+        elif grad_mode == "representation":
+            losses, grads, wstate, info = _representation_grads(
+                model, state.params, batch, drop_key, strategy, wstate, weight_key, chunk_size
+            )
+        else:
+            shared, heads = split_params(model, state.params)
+            losses, vjp = jax.vjp(lambda s, h: loss_vector({**s, **h}), shared, heads)
+            jac_shared, jac_heads = vmap_vjp(vjp, num_tasks, chunk_size=chunk_size)
+            if grad_mode == "full":
+                direction, wstate, info = strategy.combine(
+                    wstate, losses, jac_shared, key=weight_key
+                )
+            else:
+                weights, wstate, info = strategy.from_gram(
+                    wstate, losses, gramian(jac_shared), key=weight_key
+                )
+                direction = jax.tree.map(
+                    lambda j: jnp.tensordot(weights.astype(j.dtype), j, axes=1), jac_shared
+                )
+            grads = {**direction, **sum_tasks(jac_heads)}
+
+        weights = info.get("weights", jnp.full((num_tasks,), jnp.nan, losses.dtype))
         weights = jax.lax.stop_gradient(weights).astype(losses.dtype)
-        (grads,) = vjp(weights)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if strategy.after_update is not None:
+            wstate = strategy.after_update(
+                wstate, jax.lax.stop_gradient(losses), loss_vector(params)
+            )
         metrics = {
             "losses": losses,
-            "loss": jnp.sum(weights * losses),
+            "loss": jnp.sum(jnp.where(jnp.isnan(weights), 1.0, weights) * losses),
             "weights": weights,
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step) if schedule is not None else jnp.nan,
-            "tokens": jnp.sum(batch["lengths"]),
+            "tokens": jnp.sum(lengths),
         }
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, weight_state=weight_state
+            step=state.step + 1, params=params, opt_state=opt_state, weight_state=wstate
         )
         return new_state, metrics
 
     return step
+
+
+def _representation_grads(
+    model: MultiTaskRNN,
+    params: Any,
+    batch: Batch,
+    drop_key: chex.PRNGKey,
+    strategy: Strategy,
+    wstate: Any,
+    weight_key: chex.PRNGKey,
+    chunk_size: int,
+) -> tuple[chex.Array, Any, Any, dict[str, chex.Array]]:
+    """Per-task gradients w.r.t. the trunk output, aggregated, then one trunk backward."""
+    shared, heads = split_params(model, params)
+    inputs, lengths = batch["inputs"], batch["lengths"]
+
+    def encode(s: Any) -> tuple[chex.Array, chex.Array]:
+        return model.apply(
+            {"params": {**s, **heads}},
+            inputs,
+            lengths,
+            train=True,
+            rngs={"dropout": drop_key},
+            method=MultiTaskRNN.encode,
+        )
+
+    def head_losses(h: Any, rep: chex.Array, last: chex.Array) -> chex.Array:
+        outputs = model.apply(
+            {"params": {**shared, **h}}, rep, last, lengths, method=MultiTaskRNN.decode
+        )
+        return task_losses(model.tasks, outputs, batch)
+
+    (rep, last), encode_vjp = jax.vjp(encode, shared)
+    losses, head_vjp = jax.vjp(head_losses, heads, rep, last)
+    jac_heads, jac_rep, jac_last = vmap_vjp(head_vjp, len(model.tasks), chunk_size=chunk_size)
+    direction, wstate, info = strategy.combine(
+        wstate, losses, {"rep": jac_rep, "last": jac_last}, key=weight_key
+    )
+    (shared_grads,) = encode_vjp((direction["rep"], direction["last"]))
+    return losses, {**shared_grads, **sum_tasks(jac_heads)}, wstate, info
 
 
 def make_eval_step(model: MultiTaskRNN) -> Callable[[Any, Batch], tuple[chex.Array, Stats]]:

@@ -1,0 +1,85 @@
+"""Per-task gradients in one vectorised pass, in three modes.
+
+Notation: ``K`` tasks, ``D`` flat size of what the gradients are taken with respect to.
+
+* ``full``: the Jacobian of the loss vector ``[K]`` with respect to the shared parameters
+  (embedding and trunk), by ``vmap`` over VJPs with one-hot cotangents (one forward pass,
+  ``K`` backward passes fused into one batched backward). ``chunk_size`` bounds memory by
+  mapping over groups of tasks.
+* ``representation``: the Jacobian with respect to the trunk output (the shared
+  representation) only; the aggregated cotangent then goes through one ordinary backward
+  pass of the trunk. Cheap: only the heads' backward is batched over tasks.
+* ``gramian``: ``G = J J^T`` (``[K, K]``), accumulated leaf by leaf without concatenating a
+  flat ``[K, D]`` matrix; the method picks weights from ``G`` and the update is one VJP with
+  the weights as cotangent. The per-task gradients are still formed, leaf by leaf, so peak
+  memory is that of ``full``; the saving is the aggregator's ``O(K D)`` work and copies.
+
+In every mode head parameters receive their own task's gradient (the sum over tasks of the
+per-task head gradients, each task touching only its own head), never an aggregate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+MODES: tuple[str, ...] = ("full", "representation", "gramian")
+
+
+def vmap_vjp(
+    vjp: Callable[[chex.Array], tuple[Any, ...]], num_tasks: int, *, chunk_size: int = 0
+) -> tuple[Any, ...]:
+    """Per-task cotangents pulled back: ``vjp(e_k)`` for every one-hot ``e_k``, batched.
+
+    Args:
+      vjp: the VJP function of a function with output ``[K]``.
+      num_tasks: ``K``.
+      chunk_size: tasks per batched backward pass; 0 means all ``K`` at once. Must divide K.
+    Returns:
+      ``vjp``'s outputs with a leading ``K`` axis on every leaf.
+    """
+    eye = jnp.eye(num_tasks)
+    if not chunk_size or chunk_size >= num_tasks:
+        return jax.vmap(vjp)(eye)
+    if num_tasks % chunk_size:
+        raise ValueError(
+            f"chunk_size: must divide the number of tasks ({num_tasks}), got {chunk_size}"
+        )
+    chunks = eye.reshape(num_tasks // chunk_size, chunk_size, num_tasks)
+    out = jax.lax.map(jax.vmap(vjp), chunks)
+    return jax.tree.map(lambda x: x.reshape((num_tasks,) + x.shape[2:]), out)
+
+
+def task_jacobian(
+    loss_fn: Callable[[Any], chex.Array], params: Any, *, chunk_size: int = 0
+) -> tuple[chex.Array, Any]:
+    """Loss vector and per-task gradients of ``loss_fn: params -> [K]``.
+
+    Returns:
+      ``(losses [K], grads)`` where ``grads`` has ``params``' structure with a leading ``K``
+      axis on every leaf (row ``k`` is the gradient of ``losses[k]``).
+    """
+    losses, vjp = jax.vjp(loss_fn, params)
+    (jac,) = vmap_vjp(vjp, losses.shape[0], chunk_size=chunk_size)
+    return losses, jac
+
+
+def gramian(jac: Any) -> chex.Array:
+    """``G = J J^T`` ``[K, K]`` from per-task gradients with a leading ``K`` axis, leaf by
+    leaf (no flat ``[K, D]`` concatenation), accumulated in float32."""
+    leaves = jax.tree.leaves(jac)
+    k = leaves[0].shape[0]
+    total = jnp.zeros((k, k), jnp.float32)
+    for leaf in leaves:
+        flat = leaf.reshape(k, -1).astype(jnp.float32)
+        total = total + flat @ flat.T
+    return total
+
+
+def sum_tasks(tree: Any) -> Any:
+    """Sum over the leading ``K`` axis of every leaf."""
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
