@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mtlrnn.config import ConfigError
     from mtlrnn.config import load_config
+    from mtlrnn.reporting import json_safe
 
     try:
         if args.command == "train":
@@ -53,12 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             summary = fit(cfg, args.workdir, verbose=not args.quiet)
             if args.quiet:
-                print(json.dumps(summary["eval"], sort_keys=True))
+                print(json.dumps(json_safe(summary["eval"]), sort_keys=True))
         else:
             from mtlrnn.run import evaluate
 
             result = evaluate(args.workdir, verbose=not args.quiet)
-            print(json.dumps(result, sort_keys=True))
+            print(json.dumps(json_safe(result), sort_keys=True))
     except ConfigError as e:
         print(f"mtlrnn: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,19 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
 
 class MetricsWriter:
     """Writes one JSON object per logged step to a fresh ``metrics.jsonl`` (and TensorBoard).
@@ -28,9 +41,9 @@ class MetricsWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Write one record: flat scalars and one level of dicts (e.g. ``losses[task]``)."""
-        record = dict(record)
+        record = json_safe(dict(record))
         self.history.append(record)
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         self._file.flush()
         if self._tb is not None:
             step = int(record.get("step", 0))
@@ -39,9 +52,9 @@ class MetricsWriter:
                     continue
                 if isinstance(value, Mapping):
                     for sub, v in value.items():
-                        if isinstance(v, int | float):
+                        if isinstance(v, int | float) and not isinstance(v, bool):
                             self._tb.add_scalar(f"{key}/{sub}", v, step)
-                elif isinstance(value, int | float):
+                elif isinstance(value, int | float) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
@@ -71,12 +84,15 @@ def plot_history(history: Sequence[Mapping[str, Any]], directory: str | os.PathL
         ("losses", "training loss per task", "losses.png", True),
         ("weights", "task weights", "weights.png", False),
     ):
+        if all(v is None for r in train for v in r[key].values()):
+            continue  # e.g. a gradient method that defines no task weights
         fig, ax = plt.subplots(figsize=(7, 4))
         for task in train[0][key]:
-            ax.plot(steps, [r[key][task] for r in train], label=task)
+            values = [np.nan if r[key][task] is None else r[key][task] for r in train]
+            ax.plot(steps, values, label=task)
         ax.set_xlabel("step")
         ax.set_title(title)
-        if log and all(v > 0 for r in train for v in r[key].values()):
+        if log and all(v is not None and v > 0 for r in train for v in r[key].values()):
             ax.set_yscale("log")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

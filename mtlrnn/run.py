@@ -39,6 +39,7 @@ from mtlrnn.data.synthetic import make_suite
 from mtlrnn.metrics import accumulate
 from mtlrnn.metrics import finalize
 from mtlrnn.reporting import MetricsWriter
+from mtlrnn.reporting import json_safe
 from mtlrnn.reporting import plot_history
 from mtlrnn.reporting import result_table
 from mtlrnn.tasks import TaskSpec
@@ -317,7 +318,7 @@ def fit(
         },
     }
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+        json.dump(json_safe(summary), f, indent=2, sort_keys=True, allow_nan=False)
     if cfg.logging.plots:
         plot_history(writer.history, os.path.join(workdir, "plots"))
     writer.close()
