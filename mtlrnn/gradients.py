@@ -83,3 +83,18 @@ def gramian(jac: Any) -> chex.Array:
 def sum_tasks(tree: Any) -> Any:
     """Sum over the leading ``K`` axis of every leaf."""
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
+
+
+def effective_weights(jac: Any, direction: Any) -> chex.Array:
+    """Least-squares task coefficients ``w: [K]`` with ``w @ J`` closest to ``direction``.
+
+    Exact for every method whose update is a combination of the task gradients (and ``J``
+    has full row rank); for the others (e.g. sign-masking methods) it is the best linear
+    summary. Computed from ``G = J J^T`` and ``J d``, so it costs ``O(K D)``.
+    """
+    gram_ = gramian(jac)
+    jd = sum(
+        jnp.tensordot(j.reshape(j.shape[0], -1).astype(jnp.float32), d.reshape(-1), axes=1)
+        for j, d in zip(jax.tree.leaves(jac), jax.tree.leaves(direction), strict=True)
+    )
+    return jnp.linalg.pinv(gram_, hermitian=True) @ jd

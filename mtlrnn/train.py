@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from mtlrnn.gradients import MODES
+from mtlrnn.gradients import effective_weights
 from mtlrnn.gradients import gramian
 from mtlrnn.gradients import sum_tasks
 from mtlrnn.gradients import vmap_vjp
@@ -184,8 +185,10 @@ def make_train_step(
 ) -> StepFn:
     """The (un-jitted) train step ``(state, batch) -> (state, metrics)``.
 
-    metrics: ``losses [K]``, ``loss`` (weighted total where the method defines weights, else
-    the plain sum), ``weights [K]`` (NaN where the method defines none), ``grad_norm``,
+    metrics: ``losses [K]``, ``loss`` (``sum_k weights_k * losses_k``), ``weights [K]`` (the
+    method's weights, or for a gradient method that defines none the least-squares
+    coefficients of its update on the task gradients: see
+    :func:`mtlrnn.gradients.effective_weights`), ``grad_norm``,
     ``lr``, ``tokens`` (valid time steps in the batch).
 
     Loss-based strategies take one backward pass: the VJP of the loss vector with the
@@ -215,6 +218,7 @@ def make_train_step(
             return task_losses(tasks, outputs, batch)
 
         wstate = state.weight_state
+        effective = jnp.full((num_tasks,), jnp.nan, jnp.float32)
         if strategy.requires == "losses":
             losses, vjp = jax.vjp(loss_vector, state.params)
             weights, wstate, info = strategy.combine(
@@ -225,6 +229,7 @@ def make_train_step(
             losses, grads, wstate, info = _representation_grads(
                 model, state.params, batch, drop_key, strategy, wstate, weight_key, chunk_size
             )
+            effective = info.pop("effective_weights")
         else:
             shared, heads = split_params(model, state.params)
             losses, vjp = jax.vjp(lambda s, h: loss_vector({**s, **h}), shared, heads)
@@ -233,16 +238,19 @@ def make_train_step(
                 direction, wstate, info = strategy.combine(
                     wstate, losses, jac_shared, key=weight_key
                 )
+                if "weights" not in info:
+                    effective = effective_weights(jac_shared, direction)
             else:
                 weights, wstate, info = strategy.from_gram(
                     wstate, losses, gramian(jac_shared), key=weight_key
                 )
+                effective = weights
                 direction = jax.tree.map(
                     lambda j: jnp.tensordot(weights.astype(j.dtype), j, axes=1), jac_shared
                 )
             grads = {**direction, **sum_tasks(jac_heads)}
 
-        weights = info.get("weights", jnp.full((num_tasks,), jnp.nan, losses.dtype))
+        weights = info.get("weights", effective)
         weights = jax.lax.stop_gradient(weights).astype(losses.dtype)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -252,7 +260,7 @@ def make_train_step(
             )
         metrics = {
             "losses": losses,
-            "loss": jnp.sum(jnp.where(jnp.isnan(weights), 1.0, weights) * losses),
+            "loss": jnp.sum(weights * losses),
             "weights": weights,
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step) if schedule is not None else jnp.nan,
@@ -299,9 +307,12 @@ def _representation_grads(
     (rep, last), encode_vjp = jax.vjp(encode, shared)
     losses, head_vjp = jax.vjp(head_losses, heads, rep, last)
     jac_heads, jac_rep, jac_last = vmap_vjp(head_vjp, len(model.tasks), chunk_size=chunk_size)
-    direction, wstate, info = strategy.combine(
-        wstate, losses, {"rep": jac_rep, "last": jac_last}, key=weight_key
-    )
+    rep_jac = {"rep": jac_rep, "last": jac_last}
+    direction, wstate, info = strategy.combine(wstate, losses, rep_jac, key=weight_key)
+    if "weights" not in info:
+        info = {**info, "effective_weights": effective_weights(rep_jac, direction)}
+    else:
+        info = {**info, "effective_weights": info["weights"]}
     (shared_grads,) = encode_vjp((direction["rep"], direction["last"]))
     return losses, {**shared_grads, **sum_tasks(jac_heads)}, wstate, info
 

@@ -119,3 +119,22 @@ def test_unsupported_mode_is_refused(setup):
     assert "gramian" not in no_gram.modes
     with pytest.raises(ValueError, match="cannot run in mode 'gramian'"):
         make_train_step(model, optax.sgd(0.1), no_gram, grad_mode="gramian")
+
+
+@pytest.mark.parametrize("mode", ["full", "representation"])
+def test_effective_weights_recover_the_combination(setup, mode):
+    """A method that reports no weights gets least-squares coefficients logged instead."""
+    model, batch = setup
+    coef = jnp.asarray([2.0, 0.5, 0.0, 1.0])
+
+    def init(num_tasks):
+        return ()
+
+    def combine(state, losses, grads, key):
+        return coef @ grads, state, {}
+
+    strategy = gradient_strategy("combo", init, combine)
+    tx = optax.sgd(0.1)
+    state = create_train_state(model, tx, strategy, batch, seed=0)
+    _, metrics = jax.jit(make_train_step(model, tx, strategy, grad_mode=mode))(state, batch)
+    np.testing.assert_allclose(metrics["weights"], coef, atol=1e-3)
