@@ -148,7 +148,7 @@ def create_train_state(
         init_key, jnp.asarray(example_batch["inputs"]), jnp.asarray(example_batch["lengths"])
     )
     params = variables["params"]
-    return TrainState(
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
@@ -159,6 +159,9 @@ def create_train_state(
         ),
         rng=rng,
     )
+    # Strategies may build their initial state from one shared array (e.g. two zero moments);
+    # distinct buffers are needed because the train step donates the state.
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
 
 def split_params(model: MultiTaskRNN, params: Mapping[str, Any]) -> tuple[dict, dict]:
