@@ -7,6 +7,7 @@ The one-call API is :func:`fit` (``mtlrnn train``) and :func:`evaluate` (``mtlrn
 the building blocks are importable for custom training loops.
 """
 
+from mtlrnn import gradients
 from mtlrnn import interop
 from mtlrnn import weighting
 from mtlrnn.cells import get_cell
@@ -45,6 +46,7 @@ __all__ = [
     "finalize",
     "fit",
     "get_cell",
+    "gradients",
     "interop",
     "load_config",
     "make_eval_step",
