@@ -83,6 +83,20 @@ def test_tensorboard_events_written(tiny_overrides, tmp_path):
         (["--set", "data.buckets=[8]"], "data.buckets"),
         (["--set", "train.eval_splits=[valid]"], "train.eval_splits"),
         (["--set", "noequals"], "noequals"),
+        (["--set", "weighting.name=mgda_ub", "--set", "weighting.mode=full"], "weighting.mode"),
+        (
+            ["--set", "weighting.name=moco", "--set", "weighting.mode=representation"],
+            "weighting.mode",
+        ),
+        (["--set", "weighting.name=graddrop", "--set", "weighting.mode=gramian"], "weighting.mode"),
+        (
+            ["--set", "weighting.name=cagrad", "--set", "weighting.params={c: -1}"],
+            "weighting.params.c",
+        ),
+        (
+            ["--set", "weighting.name=pcgrad", "--set", "weighting.chunk_size=2"],
+            "weighting.chunk_size",
+        ),
         (["--config", "/nonexistent/cfg.yaml"], "/nonexistent/cfg.yaml"),
     ],
 )
@@ -114,3 +128,29 @@ def test_console_script_help():
         [sys.executable, "-m", "mtlrnn.cli", "train", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "--workdir" in proc.stdout
+
+
+@pytest.mark.parametrize(("name", "mode"), [("pcgrad", "full"), ("mgda_ub", "representation")])
+def test_gradient_method_run_logs_weights_and_plots(name, mode, tiny_overrides, tmp_path):
+    workdir = tmp_path / name
+    sets = [a for o in tiny_overrides for a in ("--set", o)]
+    args = [
+        "train",
+        "--workdir",
+        str(workdir),
+        *sets,
+        "--set",
+        "logging.plots=true",
+        "--set",
+        f"weighting.name={name}",
+        "--set",
+        f"weighting.mode={mode}",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "weights" in r]
+    assert train and all(
+        v is not None and math.isfinite(v) for r in train for v in r["weights"].values()
+    )
+    assert (workdir / "plots" / "weights.png").is_file()
