@@ -67,13 +67,13 @@ def test_min_norm_kkt(k):
 def test_nonneg_qp_kkt_and_vmap():
     gram = _random_gram(4, 6, 7)
     q = jnp.asarray([-1.0, 0.5, -0.2, 0.3])
-    u = nonneg_qp(gram, q, max_iter=5000, tol=1e-9)
+    u = nonneg_qp(gram, q)
     grad = np.asarray(gram @ u + q)
     u = np.asarray(u)
     assert np.all(u >= 0)
     assert np.all(grad >= -1e-4)  # dual feasibility
     assert abs(float(u @ grad)) < 1e-4  # complementary slackness
-    batched = jax.vmap(lambda qq: nonneg_qp(gram, qq, max_iter=5000, tol=1e-9))(
+    batched = jax.vmap(lambda qq: nonneg_qp(gram, qq))(
         jnp.stack([q, 2 * q])
     )
     np.testing.assert_allclose(batched[1], 2 * batched[0], rtol=1e-3, atol=1e-4)

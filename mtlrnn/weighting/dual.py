@@ -11,13 +11,12 @@ the same function and returns ``w @ J``, so both paths give the same direction b
 construction. MoCo, ExcessMTL and DB-MTL keep ``[K, D]`` moving statistics of the gradients
 in their state (``needs_dim=True``) and have no ``from_gram``.
 
-Solvers (private, jittable, written for this module from the papers' equations):
+Solvers (jittable, written from the papers' equations):
 
-* :func:`_nonneg_qp`: ``argmin_{u >= 0} 1/2 u^T G u + q^T u`` for positive definite ``G`` by
+* :func:`mtlrnn.weighting.solvers.nonneg_qp`: ``argmin_{u >= 0} 1/2 u^T G u + q^T u`` by
   the Lawson-Hanson active-set method (exact up to float rounding after finitely many
-  steps). Used for UPGrad and DualProj instead of ``solvers.nonneg_qp`` (fixed-step FISTA),
-  which stalls far from the solution on the ill-conditioned regularised Gramians these
-  methods produce (condition number up to ``1 / reg_eps = 1e4``).
+  steps), used for UPGrad and DualProj (a fixed-step FISTA solver stalled far from the
+  solution on their ill-conditioned regularised Gramians, condition number up to 1e4).
 * :func:`_solve_power_system`: the ``v > 0`` with ``G v = v^(-p)`` (Nash-MTL: ``p = 1``;
   FairGrad: ``p = 1 / alpha``) by damped Newton on a strictly convex potential.
 
@@ -41,6 +40,7 @@ from mtlrnn.weighting.base import Strategy
 from mtlrnn.weighting.base import check_num_tasks
 from mtlrnn.weighting.base import gradient_strategy
 from mtlrnn.weighting.solvers import min_norm_simplex
+from mtlrnn.weighting.solvers import nonneg_qp
 from mtlrnn.weighting.solvers import project_simplex
 
 _TINY = 1e-12  # guards divisions by norms/losses that may be exactly zero
@@ -127,59 +127,6 @@ def _gram_strategy(
 # --------------------------------------------------------------------------------------
 # Solvers
 # --------------------------------------------------------------------------------------
-
-
-def _nonneg_qp(gram: chex.Array, q: chex.Array, *, tol: float = 1e-7) -> chex.Array:
-    """``argmin_{u >= 0} 1/2 u^T G u + q^T u`` for positive definite ``G: [K, K]``, ``q: [K]``.
-
-    Lawson & Hanson (1974, "Solving Least Squares Problems", ch. 23) active-set method on the
-    quadratic: keep a set ``F`` of free coordinates, solve the equality-constrained problem on
-    ``F`` exactly (one refinement step), and either add the coordinate whose bound is most
-    violated (largest ``-(G u + q)_j`` outside ``F``; stop when none exceeds ``tol``) or, if
-    the sub-solution leaves the orthant, move towards it until a free coordinate hits zero
-    and release that coordinate. At most ``10 K + 10`` steps (it terminates in far fewer:
-    each add/release pair strictly decreases the objective).
-    """
-    k = q.shape[0]
-    dtype = q.dtype
-    scale_tol = tol * (1.0 + jnp.max(jnp.abs(q)))
-    identity = jnp.eye(k, dtype=dtype)
-
-    def solve_free(free: chex.Array) -> chex.Array:
-        both = free[:, None] & free[None, :]
-        system = jnp.where(both, gram, identity)
-        rhs = jnp.where(free, -q, 0.0)
-        z = jnp.linalg.solve(system, rhs)
-        z = z + jnp.linalg.solve(system, rhs - system @ z)  # iterative refinement
-        return jnp.where(free, z, 0.0)
-
-    def cond(carry: tuple) -> chex.Array:
-        i, _, _, done = carry
-        return jnp.logical_and(i < 10 * k + 10, jnp.logical_not(done))
-
-    def body(carry: tuple) -> tuple:
-        i, u, free, _ = carry
-        z = solve_free(free)
-        feasible = jnp.all(jnp.where(free, z > 0.0, True))
-        # Feasible sub-solution: accept it and free the most violated bound (if any).
-        violation = jnp.where(free, -jnp.inf, -(gram @ z + q))
-        j = jnp.argmax(violation)
-        optimal = violation[j] <= scale_tol
-        grown = free | ((jnp.arange(k) == j) & jnp.logical_not(optimal))
-        # Infeasible: step from u towards z until the first free coordinate reaches zero.
-        blocking = free & (z <= 0.0)
-        ratios = jnp.where(blocking, u / jnp.maximum(u - z, _TINY), jnp.inf)
-        first = jnp.argmin(ratios)
-        step = jnp.clip(ratios[first], 0.0, 1.0)
-        moved = u + step * (z - u)
-        shrunk = free & (moved > 0.0) & (jnp.arange(k) != first)
-        moved = jnp.where(shrunk, moved, 0.0)
-        u = jnp.where(feasible, z, moved)
-        free = jnp.where(feasible, grown, shrunk)
-        return i + 1, u, free, feasible & optimal
-
-    init = (0, jnp.zeros((k,), dtype), jnp.zeros((k,), bool), jnp.asarray(False))
-    return jax.lax.while_loop(cond, body, init)[1]
 
 
 def _normalize_regularize(gram: chex.Array, norm_eps: float, reg_eps: float) -> chex.Array:
@@ -379,7 +326,7 @@ def upgrad(*, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Strategy:
         gram = _normalize_regularize(gram.astype(_solver_dtype(gram)), norm_eps, reg_eps)
         k = gram.shape[0]
         # Row i: the shift u of lambda_i = e_i + u; the linear term is G e_i = G[i].
-        shifts = jax.vmap(lambda q: _nonneg_qp(gram, q))(gram)
+        shifts = jax.vmap(lambda q: nonneg_qp(gram, q))(gram)
         weights = jnp.mean(shifts + jnp.eye(k, dtype=gram.dtype), axis=0)
         return weights, state, {"weights": weights}
 
@@ -403,7 +350,7 @@ def dualproj(*, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Strategy:
         gram = _normalize_regularize(gram.astype(_solver_dtype(gram)), norm_eps, reg_eps)
         k = gram.shape[0]
         mean = jnp.full((k,), 1.0 / k, gram.dtype)
-        weights = mean + _nonneg_qp(gram, gram @ mean)
+        weights = mean + nonneg_qp(gram, gram @ mean)
         return weights, state, {"weights": weights}
 
     return _gram_strategy("dualproj", _stateless_init, weighting)

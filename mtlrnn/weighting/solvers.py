@@ -8,16 +8,19 @@ All problems are over ``K`` task weights (K is small), given the Gramian ``G = J
 * :func:`min_norm_simplex`: ``min_w w^T G w`` over the simplex (the MGDA min-norm problem,
   Sener & Koltun 2018). Closed form for K = 2; otherwise Frank-Wolfe with exact line search
   (their Alg. 2) or accelerated projected gradient (FISTA on the simplex).
-* :func:`nonneg_qp`: ``min_u 1/2 u^T G u + q^T u`` subject to ``u >= 0`` by accelerated
-  projected gradient (FISTA). Used for the dual-cone projections of UPGrad and DualProj.
+* :func:`nonneg_qp`: ``min_u 1/2 u^T G u + q^T u`` subject to ``u >= 0``, exactly, by the
+  Lawson-Hanson active-set method (positive definite ``G``). Used for the dual-cone
+  projections of UPGrad and DualProj. (A fixed-step FISTA solver was tried first and was off
+  by up to 0.35 against scipy when K exceeds the gradient dimension.)
 
 Frank-Wolfe converges as ``O(1/t)`` (Jaggi 2013): after its default 250 iterations the
 objective can be a few percent above the minimum for K = 8 (measured in tests/test_solvers.py);
 use ``projected_gradient`` when the exact min-norm point matters.
 
-Tolerance: the iterative solvers stop when the change of the iterate (max-abs) falls below
-``tol`` (default 1e-7 in float32 units of the weights) or after ``max_iter`` iterations. The
-step size is ``1 / L`` with ``L`` the largest eigenvalue of ``G`` (computed exactly with
+Tolerance: Frank-Wolfe and projected gradient stop when the change of the iterate (max-abs)
+falls below ``tol`` (default 1e-7 in float32 units of the weights) or after ``max_iter``
+iterations; :func:`nonneg_qp` stops when no bound's KKT violation exceeds
+``tol * (1 + max|q|)``. The projected-gradient step size is ``1 / L`` with ``L`` the largest eigenvalue of ``G`` (computed exactly with
 ``eigvalsh``), so FISTA's objective error after ``t`` steps is at most
 ``2 L ||u0 - u*||^2 / (t + 1)^2`` (Beck & Teboulle 2009, Thm. 4.4).
 """
@@ -138,16 +141,54 @@ def min_norm_simplex(
     return jax.lax.while_loop(cond, body, (0, w0, jnp.asarray(jnp.inf, gram.dtype)))[1]
 
 
-def nonneg_qp(
-    gram: chex.Array,
-    q: chex.Array,
-    *,
-    max_iter: int = 500,
-    tol: float = 1e-7,
-) -> chex.Array:
-    """``argmin_{u >= 0} 1/2 u^T G u + q^T u`` for ``G: [K, K]`` PSD and ``q: [K]``."""
-    step = 1.0 / _lipschitz(gram)
-    u0 = jnp.zeros_like(q)
-    return _fista(
-        lambda u: gram @ u + q, lambda u: jnp.maximum(u, 0.0), u0, step, max_iter=max_iter, tol=tol
-    )
+def nonneg_qp(gram: chex.Array, q: chex.Array, *, tol: float = 1e-7) -> chex.Array:
+    """``argmin_{u >= 0} 1/2 u^T G u + q^T u`` for positive definite ``G: [K, K]``, ``q: [K]``.
+
+    Lawson & Hanson (1974, "Solving Least Squares Problems", ch. 23) active-set method on the
+    quadratic: keep a set ``F`` of free coordinates, solve the equality-constrained problem on
+    ``F`` exactly (one refinement step), and either add the coordinate whose bound is most
+    violated (largest ``-(G u + q)_j`` outside ``F``; stop when none exceeds ``tol``) or, if
+    the sub-solution leaves the orthant, move towards it until a free coordinate hits zero
+    and release that coordinate. At most ``10 K + 10`` steps (it terminates in far fewer:
+    each add/release pair strictly decreases the objective).
+    """
+    k = q.shape[0]
+    dtype = q.dtype
+    scale_tol = tol * (1.0 + jnp.max(jnp.abs(q)))
+    identity = jnp.eye(k, dtype=dtype)
+
+    def solve_free(free: chex.Array) -> chex.Array:
+        both = free[:, None] & free[None, :]
+        system = jnp.where(both, gram, identity)
+        rhs = jnp.where(free, -q, 0.0)
+        z = jnp.linalg.solve(system, rhs)
+        z = z + jnp.linalg.solve(system, rhs - system @ z)  # iterative refinement
+        return jnp.where(free, z, 0.0)
+
+    def cond(carry: tuple) -> chex.Array:
+        i, _, _, done = carry
+        return jnp.logical_and(i < 10 * k + 10, jnp.logical_not(done))
+
+    def body(carry: tuple) -> tuple:
+        i, u, free, _ = carry
+        z = solve_free(free)
+        feasible = jnp.all(jnp.where(free, z > 0.0, True))
+        # Feasible sub-solution: accept it and free the most violated bound (if any).
+        violation = jnp.where(free, -jnp.inf, -(gram @ z + q))
+        j = jnp.argmax(violation)
+        optimal = violation[j] <= scale_tol
+        grown = free | ((jnp.arange(k) == j) & jnp.logical_not(optimal))
+        # Infeasible: step from u towards z until the first free coordinate reaches zero.
+        blocking = free & (z <= 0.0)
+        ratios = jnp.where(blocking, u / jnp.maximum(u - z, _EPS), jnp.inf)
+        first = jnp.argmin(ratios)
+        step = jnp.clip(ratios[first], 0.0, 1.0)
+        moved = u + step * (z - u)
+        shrunk = free & (moved > 0.0) & (jnp.arange(k) != first)
+        moved = jnp.where(shrunk, moved, 0.0)
+        u = jnp.where(feasible, z, moved)
+        free = jnp.where(feasible, grown, shrunk)
+        return i + 1, u, free, feasible & optimal
+
+    init = (0, jnp.zeros((k,), dtype), jnp.zeros((k,), bool), jnp.asarray(False))
+    return jax.lax.while_loop(cond, body, init)[1]
