@@ -20,9 +20,9 @@ use ``projected_gradient`` when the exact min-norm point matters.
 Tolerance: Frank-Wolfe and projected gradient stop when the change of the iterate (max-abs)
 falls below ``tol`` (default 1e-7 in float32 units of the weights) or after ``max_iter``
 iterations; :func:`nonneg_qp` stops when no bound's KKT violation exceeds
-``tol * (1 + max|q|)``. The projected-gradient step size is ``1 / L`` with ``L`` the largest eigenvalue of ``G`` (computed exactly with
-``eigvalsh``), so FISTA's objective error after ``t`` steps is at most
-``2 L ||u0 - u*||^2 / (t + 1)^2`` (Beck & Teboulle 2009, Thm. 4.4).
+``tol * (1 + max|q|)``. The projected-gradient step size is ``1 / L`` with ``L`` the largest
+eigenvalue of ``G`` (computed exactly with ``eigvalsh``), so FISTA's objective error after
+``t`` steps is at most ``2 L ||u0 - u*||^2 / (t + 1)^2`` (Beck & Teboulle 2009, Thm. 4.4).
 """
 
 from __future__ import annotations
