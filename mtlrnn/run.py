@@ -112,7 +112,7 @@ def _default_workdir() -> str:
     return os.path.join("runs", f"synthetic-{stamp}")
 
 
-def _check_workdir(workdir: str, cfg: Config) -> None:
+def _check_workdir(workdir: str) -> None:
     ckpt = os.path.join(workdir, "checkpoints")
     if os.path.isdir(ckpt) and os.listdir(ckpt):
         raise ConfigError(
@@ -178,7 +178,7 @@ def fit(
     """
     cfg = config or default_config()
     workdir = os.fspath(workdir) if workdir is not None else _default_workdir()
-    _check_workdir(workdir, cfg)
+    _check_workdir(workdir)
     wall0 = time.perf_counter()
 
     # Everything that can fail on user input happens before any compilation.
