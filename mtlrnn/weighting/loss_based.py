@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
@@ -142,18 +143,21 @@ def _as_f32(losses: chex.Array) -> chex.Array:
     return jnp.asarray(losses).astype(jnp.float32)
 
 
-# --------------------------------------------------------------------------------------------
-# Stateless fixed weights.
+def _stateless(
+    name: str,
+    weights_fn: Callable[[chex.Array], chex.Array],
+    *,
+    check: Callable[[int], None] | None = None,
+) -> Strategy:
+    """A stateless loss-based Strategy from ``weights_fn(losses [K]) -> weights [K]``.
 
-
-def equal() -> Strategy:
-    """Equal weighting: every task has weight 1 (the loss is the plain sum over tasks).
-
-    The sum, not the mean, so a single-task run matches ordinary training exactly.
+    ``check(num_tasks)`` validates the task count at ``init`` (e.g. a weight list's length).
     """
 
     def init(num_tasks: int) -> tuple[()]:
         check_num_tasks(num_tasks)
+        if check is not None:
+            check(num_tasks)
         return ()
 
     def combine(
@@ -163,10 +167,22 @@ def equal() -> Strategy:
         key: chex.PRNGKey | None = None,
     ) -> tuple[chex.Array, tuple[()], Info]:
         del grads, key
-        weights = jnp.ones_like(losses)
+        weights = weights_fn(losses)
         return weights, state, {"weights": weights}
 
-    return Strategy(name="equal", requires="losses", init=init, combine=combine)
+    return Strategy(name=name, requires="losses", init=init, combine=combine)
+
+
+# --------------------------------------------------------------------------------------------
+# Stateless fixed weights.
+
+
+def equal() -> Strategy:
+    """Equal weighting: every task has weight 1 (the loss is the plain sum over tasks).
+
+    The sum, not the mean, so a single-task run matches ordinary training exactly.
+    """
+    return _stateless("equal", jnp.ones_like)
 
 
 def fixed(*, weights: Sequence[float] | None = None) -> Strategy:
@@ -186,28 +202,18 @@ def fixed(*, weights: Sequence[float] | None = None) -> Strategy:
     else:
         values = None
 
-    def init(num_tasks: int) -> tuple[()]:
-        check_num_tasks(num_tasks)
+    def check(num_tasks: int) -> None:
         if values is not None and len(values) != num_tasks:
             raise ValueError(
                 f"weights: expected {num_tasks} weights (one per task), got {len(values)}"
             )
-        return ()
 
-    def combine(
-        state: tuple[()],
-        losses: chex.Array,
-        grads: object = None,
-        key: chex.PRNGKey | None = None,
-    ) -> tuple[chex.Array, tuple[()], Info]:
-        del grads, key
+    def weights_fn(losses: chex.Array) -> chex.Array:
         if values is None:
-            w = jnp.ones_like(losses)
-        else:
-            w = jnp.asarray(values, dtype=losses.dtype)
-        return w, state, {"weights": w}
+            return jnp.ones_like(losses)
+        return jnp.asarray(values, dtype=losses.dtype)
 
-    return Strategy(name="fixed", requires="losses", init=init, combine=combine)
+    return _stateless("fixed", weights_fn, check=check)
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,24 +448,12 @@ def gls() -> Strategy:
     product for large ``K``). No hyper-parameters. Stateless. Info: ``weights [K]``.
     """
 
-    def init(num_tasks: int) -> tuple[()]:
-        check_num_tasks(num_tasks)
-        return ()
-
-    def combine(
-        state: tuple[()],
-        losses: chex.Array,
-        grads: object = None,
-        key: chex.PRNGKey | None = None,
-    ) -> tuple[chex.Array, tuple[()], Info]:
-        del grads, key
+    def weights_fn(losses: chex.Array) -> chex.Array:
         shifted = _as_f32(losses) + _EPS
-        log_shifted = jnp.log(shifted)
-        geo_mean = jnp.exp(jnp.mean(log_shifted))
-        weights = (geo_mean / (losses.shape[0] * shifted)).astype(losses.dtype)
-        return weights, state, {"weights": weights}
+        geo_mean = jnp.exp(jnp.mean(jnp.log(shifted)))
+        return (geo_mean / (losses.shape[0] * shifted)).astype(losses.dtype)
 
-    return Strategy(name="gls", requires="losses", init=init, combine=combine)
+    return _stateless("gls", weights_fn)
 
 
 def log_losses(*, eps: float = _EPS) -> Strategy:
@@ -476,21 +470,10 @@ def log_losses(*, eps: float = _EPS) -> Strategy:
     """
     eps = _positive("eps", eps)
 
-    def init(num_tasks: int) -> tuple[()]:
-        check_num_tasks(num_tasks)
-        return ()
+    def weights_fn(losses: chex.Array) -> chex.Array:
+        return (1.0 / (_as_f32(losses) + eps)).astype(losses.dtype)
 
-    def combine(
-        state: tuple[()],
-        losses: chex.Array,
-        grads: object = None,
-        key: chex.PRNGKey | None = None,
-    ) -> tuple[chex.Array, tuple[()], Info]:
-        del grads, key
-        weights = (1.0 / (_as_f32(losses) + eps)).astype(losses.dtype)
-        return weights, state, {"weights": weights}
-
-    return Strategy(name="log_losses", requires="losses", init=init, combine=combine)
+    return _stateless("log_losses", weights_fn)
 
 
 # --------------------------------------------------------------------------------------------
