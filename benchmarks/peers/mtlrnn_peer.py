@@ -14,13 +14,12 @@ import importlib.metadata
 import common
 
 
-def build(args: argparse.Namespace, batches: list) -> common.Runner:
-    import jax
+def reference_model_and_data(args: argparse.Namespace, batches: list) -> tuple:
+    """The reference model (K token heads, one unidirectional LSTM, no dropout) and the
+    pre-generated batches as mtlrnn batches; shared with weighting_worker.py."""
     import jax.numpy as jnp
-    import optax
 
     import mtlrnn
-    from mtlrnn import weighting
 
     tasks = tuple(
         mtlrnn.TaskSpec(f"task{k}", "token", "classification", num_classes=c)
@@ -36,8 +35,6 @@ def build(args: argparse.Namespace, batches: list) -> common.Runner:
         bidirectional=False,
         dropout=0.0,
     )
-    tx = optax.adam(1e-3)
-    strategy = weighting.get("equal")
     lengths = jnp.full((args.batch,), args.length, jnp.int32)
     data = [
         {
@@ -47,6 +44,19 @@ def build(args: argparse.Namespace, batches: list) -> common.Runner:
         }
         for tokens, labels in batches
     ]
+    return model, data
+
+
+def build(args: argparse.Namespace, batches: list) -> common.Runner:
+    import jax
+    import optax
+
+    import mtlrnn
+    from mtlrnn import weighting
+
+    model, data = reference_model_and_data(args, batches)
+    tx = optax.adam(1e-3)
+    strategy = weighting.get("equal")
     state = mtlrnn.create_train_state(model, tx, strategy, data[0], seed=args.seed)
     train_step = jax.jit(mtlrnn.make_train_step(model, tx, strategy), donate_argnums=0)
 

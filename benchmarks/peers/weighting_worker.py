@@ -38,6 +38,7 @@ import traceback
 from typing import Any
 
 import common
+import mtlrnn_peer
 import numpy as np
 
 NAME = "weighting_worker"
@@ -85,30 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.mode not in MODES:
         raise ValueError(f"--mode: must be one of {', '.join(MODES)}; got {args.mode!r}")
-    tasks = tuple(
-        mtlrnn.TaskSpec(f"task{k}", "token", "classification", num_classes=c)
-        for k, c in enumerate(args.classes)
-    )
-    model = mtlrnn.MultiTaskRNN(
-        tasks=tasks,
-        vocab_size=args.vocab,
-        embed_dim=args.embed,
-        cell="lstm",
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        bidirectional=False,
-        dropout=0.0,
-    )
+    model, data = mtlrnn_peer.reference_model_and_data(args, common.make_batches(args))
     tx = optax.adam(1e-3)
-    lengths = jnp.full((args.batch,), args.length, jnp.int32)
-    data = [
-        {
-            "inputs": jnp.asarray(tokens),
-            "lengths": lengths,
-            "labels": {t.name: jnp.asarray(y) for t, y in zip(tasks, labels, strict=True)},
-        }
-        for tokens, labels in common.make_batches(args)
-    ]
     tokens_per_step = args.batch * args.length
 
     def make_runner(strategy: Any) -> tuple[common.Runner, Any]:
@@ -252,7 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "peer": NAME,
         "ok": True,
-        "tasks": len(tasks),
+        "tasks": len(model.tasks),
         "mode": args.mode,
         "baseline_ms": baseline_ms,
         "equal_before_ms": equal_before["step_ms_median"],
