@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import chex
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from mtlrnn.char_encoder import CharCNN
+from mtlrnn.char_encoder import CharLSTM
 from mtlrnn.heads import StackedHeads
 from mtlrnn.heads import group_tasks
 from mtlrnn.tasks import TaskSpec
@@ -16,7 +19,9 @@ class MultiTaskRNN(nn.Module):
     """The multi-task recurrent network.
 
     Inputs are token ids ``[B, L]`` (embedded, id 0 is padding) when ``num_features == 0``,
-    or real-valued features ``[B, L, F]`` (projected by a dense layer) otherwise.
+    or real-valued features ``[B, L, F]`` (projected by a dense layer) otherwise. With a
+    character encoder, each word's vector is its embedding concatenated with the encoding of
+    its characters ``chars [B, L, C]``.
 
     Attributes:
       tasks: the task specs; the order defines the ``[K]`` axis.
@@ -26,6 +31,12 @@ class MultiTaskRNN(nn.Module):
       cell, hidden_size, num_layers, bidirectional, unroll, remat: see :class:`Trunk`.
       dropout: dropout between trunk layers and on the trunk output.
       embed_dropout: dropout on the embeddings.
+      word_dropout: training only: the probability that a word id is replaced by ``unk_id``,
+        so the model learns to tag unknown words from context and characters.
+      unk_id: the unknown-word id used by ``word_dropout``.
+      char_encoder: ``"none"``, ``"cnn"`` (:class:`CharCNN`) or ``"lstm"`` (:class:`CharLSTM`).
+      char_vocab_size, char_embed_dim, char_features, char_kernel: its sizes (``char_features``
+        is the CNN's filter count or the char LSTM's width per direction).
       param_dtype, dtype: parameter storage and compute dtypes.
     """
 
@@ -39,6 +50,13 @@ class MultiTaskRNN(nn.Module):
     bidirectional: bool = True
     dropout: float = 0.0
     embed_dropout: float = 0.0
+    word_dropout: float = 0.0
+    unk_id: int = 1
+    char_encoder: str = "none"
+    char_vocab_size: int = 0
+    char_embed_dim: int = 32
+    char_features: int = 64
+    char_kernel: int = 3
     unroll: int = 1
     remat: bool = False
     param_dtype: jnp.dtype = jnp.float32
@@ -50,6 +68,27 @@ class MultiTaskRNN(nn.Module):
         else:
             self.embed = nn.Embed(
                 self.vocab_size, self.embed_dim, param_dtype=self.param_dtype, dtype=self.dtype
+            )
+        if self.char_encoder == "cnn":
+            self.chars = CharCNN(
+                self.char_vocab_size,
+                self.char_embed_dim,
+                self.char_features,
+                self.char_kernel,
+                param_dtype=self.param_dtype,
+                dtype=self.dtype,
+            )
+        elif self.char_encoder == "lstm":
+            self.chars = CharLSTM(
+                self.char_vocab_size,
+                self.char_embed_dim,
+                self.char_features,
+                param_dtype=self.param_dtype,
+                dtype=self.dtype,
+            )
+        elif self.char_encoder != "none":
+            raise ValueError(
+                f"char_encoder: must be one of none, cnn, lstm; got {self.char_encoder!r}"
             )
         self.trunk = Trunk(
             cell=self.cell,
@@ -69,12 +108,33 @@ class MultiTaskRNN(nn.Module):
         self.embed_drop = nn.Dropout(self.embed_dropout)
         self.out_drop = nn.Dropout(self.dropout)
 
+    def embed_inputs(
+        self, inputs: chex.Array, chars: chex.Array | None, *, train: bool
+    ) -> chex.Array:
+        """Input vectors ``[B, L, E (+ char features)]``."""
+        if train and self.word_dropout > 0 and self.num_features == 0:
+            drop = jax.random.bernoulli(self.make_rng("dropout"), self.word_dropout, inputs.shape)
+            inputs = jnp.where(drop & (inputs > self.unk_id), self.unk_id, inputs)
+        x = self.embed(inputs)
+        if self.char_encoder != "none":
+            if chars is None:
+                raise ValueError(
+                    f"char_encoder={self.char_encoder!r} needs character ids: the batch has no "
+                    "'chars' (the data source must provide them)"
+                )
+            x = jnp.concatenate([x, self.chars(chars).astype(x.dtype)], axis=-1)
+        return self.embed_drop(x, deterministic=not train)
+
     def encode(
-        self, inputs: chex.Array, lengths: chex.Array, *, train: bool = False
+        self,
+        inputs: chex.Array,
+        lengths: chex.Array,
+        chars: chex.Array | None = None,
+        *,
+        train: bool = False,
     ) -> tuple[chex.Array, chex.Array]:
         """Shared representation: ``(outputs [B, L, D], last [B, D])``, zero on padded steps."""
-        x = self.embed(inputs)
-        x = self.embed_drop(x, deterministic=not train)
+        x = self.embed_inputs(inputs, chars, train=train)
         outputs, last, _ = self.trunk(x, lengths, train=train)
         outputs = self.out_drop(outputs, deterministic=not train)
         last = self.out_drop(last, deterministic=not train)
@@ -88,8 +148,14 @@ class MultiTaskRNN(nn.Module):
         return {name: head(outputs, last, lengths) for name, head in self.heads.items()}
 
     def __call__(
-        self, inputs: chex.Array, lengths: chex.Array, *, train: bool = False
+        self,
+        inputs: chex.Array,
+        lengths: chex.Array,
+        chars: chex.Array | None = None,
+        *,
+        train: bool = False,
     ) -> dict[str, chex.Array]:
-        """``inputs: [B, L]`` ids or ``[B, L, F]`` features, ``lengths: [B]`` -> head outputs."""
-        outputs, last = self.encode(inputs, lengths, train=train)
+        """``inputs: [B, L]`` ids or ``[B, L, F]`` features, ``lengths: [B]``, optional
+        ``chars: [B, L, C]`` -> head outputs."""
+        outputs, last = self.encode(inputs, lengths, chars, train=train)
         return self.decode(outputs, last, lengths)

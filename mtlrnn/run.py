@@ -7,6 +7,7 @@ checkpoints/ and plots/.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -34,14 +35,15 @@ from mtlrnn.config import resolve_tasks
 from mtlrnn.data.batching import bucket_lengths
 from mtlrnn.data.batching import eval_batches
 from mtlrnn.data.batching import train_batches
-from mtlrnn.data.synthetic import Suite
-from mtlrnn.data.synthetic import make_suite
 from mtlrnn.metrics import accumulate
 from mtlrnn.metrics import finalize
 from mtlrnn.reporting import MetricsWriter
 from mtlrnn.reporting import json_safe
 from mtlrnn.reporting import plot_history
 from mtlrnn.reporting import result_table
+from mtlrnn.sources import Data
+from mtlrnn.sources import absolute_paths
+from mtlrnn.sources import load_data
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.train import TrainState
 from mtlrnn.train import build_model
@@ -53,15 +55,13 @@ from mtlrnn.train import make_train_step
 from mtlrnn.train import params_sha256
 
 
-def load_suite(cfg: Config) -> Suite:
-    """The data of ``cfg.data`` (only the embedded synthetic suite for now)."""
-    if cfg.data.source == "synthetic":
-        return make_suite(cfg.data.synthetic)
-    raise ConfigError(f"data.source: must be one of synthetic; got {cfg.data.source!r}")
+def load_suite(cfg: Config) -> Data:
+    """The data of ``cfg.data`` (see :func:`mtlrnn.sources.load_data`)."""
+    return load_data(cfg.data)
 
 
 def resolve_buckets(
-    suite: Suite, buckets: tuple[int, ...], splits: tuple[str, ...]
+    suite: Data, buckets: tuple[int, ...], splits: tuple[str, ...]
 ) -> tuple[int, ...]:
     """Bucket lengths fitted on the train split and checked against every split used."""
     resolved = tuple(buckets)
@@ -107,9 +107,23 @@ class Placement:
         return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
 
 
-def _default_workdir() -> str:
+def _default_workdir(source: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"synthetic-{stamp}")
+    return os.path.join("runs", f"{source}-{stamp}")
+
+
+VOCAB_FILE = "vocab.json"
+
+
+def model_for(cfg: Config, tasks: tuple[TaskSpec, ...], data: Data) -> Any:
+    """The :class:`~mtlrnn.model.MultiTaskRNN` of ``cfg.model`` sized for ``data``."""
+    return build_model(
+        cfg.model,
+        tasks,
+        vocab_size=data.vocab_size,
+        num_features=data.num_features,
+        char_vocab_size=data.char_vocab_size,
+    )
 
 
 def _check_workdir(workdir: str) -> None:
@@ -177,12 +191,13 @@ def fit(
       verbose: print the description, progress bar and result table.
     """
     cfg = config or default_config()
-    workdir = os.fspath(workdir) if workdir is not None else _default_workdir()
+    cfg = dataclasses.replace(cfg, data=absolute_paths(cfg.data))
+    workdir = os.fspath(workdir) if workdir is not None else _default_workdir(cfg.data.source)
     _check_workdir(workdir)
     wall0 = time.perf_counter()
 
     # Everything that can fail on user input happens before any compilation.
-    suite = load_suite(cfg)
+    suite = load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     strategy = build_strategy(cfg.weighting, tasks)
     if cfg.weighting.chunk_size and len(tasks) % cfg.weighting.chunk_size:
@@ -201,10 +216,13 @@ def fit(
 
     os.makedirs(workdir, exist_ok=True)
     dump_yaml(cfg, os.path.join(workdir, "config.yaml"))
+    if suite.text is not None:
+        with open(os.path.join(workdir, VOCAB_FILE), "w", encoding="utf-8") as f:
+            json.dump(suite.text.vocab_dict(), f, ensure_ascii=False)
     if verbose:
         print(suite.description, file=sys.stderr)
 
-    model = build_model(cfg.model, tasks, vocab_size=suite.vocab_size)
+    model = model_for(cfg, tasks, suite)
     optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
     stream = train_batches(
         suite.splits["train"],
@@ -330,7 +348,7 @@ def fit(
 
 def _evaluate_splits(
     cfg: Config,
-    suite: Suite,
+    suite: Data,
     tasks: tuple[TaskSpec, ...],
     buckets: tuple[int, ...],
     eval_fn: Any,
@@ -370,6 +388,48 @@ def _report(summary: Mapping[str, Any], tasks: tuple[TaskSpec, ...]) -> str:
     )
 
 
+def example_batch(data: Data) -> dict[str, Any]:
+    """A one-row batch with the input layout of ``data``, for initialising a model."""
+    ds = data.splits["train"]
+    first = np.asarray(ds.inputs[0])
+    batch = {
+        "inputs": jnp.zeros((1, 1, *first.shape[1:]), first.dtype),
+        "lengths": jnp.ones((1,), jnp.int32),
+    }
+    if ds.chars is not None:
+        batch["chars"] = jnp.zeros((1, 1, np.asarray(ds.chars[0]).shape[1]), jnp.int32)
+    return batch
+
+
+def restore_state(workdir: str, cfg: Config, model: Any, data: Data) -> TrainState:
+    """The latest checkpoint of the run in ``workdir`` (config ``cfg``, model ``model``)."""
+    tasks = model.tasks
+    strategy = build_strategy(cfg.weighting, tasks)
+    optimizer, _ = make_optimizer(cfg.optimizer, cfg.train.steps)
+    target = create_train_state(
+        model, optimizer, strategy, example_batch(data), seed=cfg.train.seed
+    )
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise ConfigError(f"--workdir: {workdir} has no checkpoints/ to restore")
+    mngr = checkpoint.manager(ckpt_dir, keep=cfg.checkpoint.keep)
+    try:
+        return checkpoint.restore(mngr, target)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--workdir: {e}") from None
+    finally:
+        mngr.close()
+
+
+def load_run(workdir: str | os.PathLike) -> Config:
+    """The config of the run in ``workdir`` (its config.yaml)."""
+    workdir = os.fspath(workdir)
+    cfg_path = os.path.join(workdir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise ConfigError(f"--workdir: {workdir} has no config.yaml; is it a mtlrnn run?")
+    return load_config(cfg_path)
+
+
 def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, Any]:
     """Evaluate the latest checkpoint of a finished run in ``workdir`` on its eval splits.
 
@@ -380,28 +440,12 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
     if not os.path.isfile(cfg_path):
         raise ConfigError(f"--workdir: {workdir} has no config.yaml; is it a mtlrnn run?")
     cfg = load_config(cfg_path)
-    suite = load_suite(cfg)
+    suite = load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
-    strategy = build_strategy(cfg.weighting, tasks)
     buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
     placement = Placement(cfg.parallel.mode, (cfg.train.batch_size, cfg.train.eval_batch_size))
-    model = build_model(cfg.model, tasks, vocab_size=suite.vocab_size)
-    optimizer, _ = make_optimizer(cfg.optimizer, cfg.train.steps)
-    example = {
-        "inputs": jnp.zeros((1, buckets[0]), jnp.int32),
-        "lengths": jnp.ones((1,), jnp.int32),
-    }
-    target = create_train_state(model, optimizer, strategy, example, seed=cfg.train.seed)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise ConfigError(f"--workdir: {workdir} has no checkpoints/ to evaluate")
-    mngr = checkpoint.manager(ckpt_dir, keep=cfg.checkpoint.keep)
-    try:
-        state = checkpoint.restore(mngr, target)
-    except FileNotFoundError as e:
-        raise ConfigError(f"--workdir: {e}") from None
-    finally:
-        mngr.close()
+    model = model_for(cfg, tasks, suite)
+    state = restore_state(workdir, cfg, model, suite)
     evals = _evaluate_splits(
         cfg,
         suite,

@@ -57,7 +57,12 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def build_model(
-    model_cfg: Any, tasks: tuple[TaskSpec, ...], *, vocab_size: int, num_features: int = 0
+    model_cfg: Any,
+    tasks: tuple[TaskSpec, ...],
+    *,
+    vocab_size: int,
+    num_features: int = 0,
+    char_vocab_size: int = 0,
 ) -> MultiTaskRNN:
     """A :class:`MultiTaskRNN` from a ``ModelConfig`` (any object with its fields)."""
     return MultiTaskRNN(
@@ -65,6 +70,12 @@ def build_model(
         vocab_size=vocab_size,
         num_features=num_features,
         embed_dim=model_cfg.embed_dim,
+        word_dropout=model_cfg.word_dropout,
+        char_encoder=model_cfg.char_encoder,
+        char_vocab_size=char_vocab_size,
+        char_embed_dim=model_cfg.char_embed_dim,
+        char_features=model_cfg.char_features,
+        char_kernel=model_cfg.char_kernel,
         cell=model_cfg.cell,
         hidden_size=model_cfg.hidden_size,
         num_layers=model_cfg.num_layers,
@@ -144,8 +155,12 @@ def create_train_state(
 ) -> TrainState:
     """Initialise parameters, optimizer and weighting state from ``seed``."""
     init_key, rng = jax.random.split(jax.random.key(seed))
+    chars = example_batch.get("chars")
     variables = model.init(
-        init_key, jnp.asarray(example_batch["inputs"]), jnp.asarray(example_batch["lengths"])
+        init_key,
+        jnp.asarray(example_batch["inputs"]),
+        jnp.asarray(example_batch["lengths"]),
+        None if chars is None else jnp.asarray(chars),
     )
     params = variables["params"]
     state = TrainState(
@@ -216,7 +231,12 @@ def make_train_step(
 
         def loss_vector(params: Any) -> chex.Array:
             outputs = model.apply(
-                {"params": params}, inputs, lengths, train=True, rngs={"dropout": drop_key}
+                {"params": params},
+                inputs,
+                lengths,
+                batch.get("chars"),
+                train=True,
+                rngs={"dropout": drop_key},
             )
             return task_losses(tasks, outputs, batch)
 
@@ -296,6 +316,7 @@ def _representation_grads(
             {"params": {**s, **heads}},
             inputs,
             lengths,
+            batch.get("chars"),
             train=True,
             rngs={"dropout": drop_key},
             method=MultiTaskRNN.encode,
@@ -324,7 +345,9 @@ def make_eval_step(model: MultiTaskRNN) -> Callable[[Any, Batch], tuple[chex.Arr
     """The (un-jitted) eval step ``(params, batch) -> (losses [K], stats)``."""
 
     def step(params: Any, batch: Batch) -> tuple[chex.Array, Stats]:
-        outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
+        outputs = model.apply(
+            {"params": params}, batch["inputs"], batch["lengths"], batch.get("chars")
+        )
         return task_losses(model.tasks, outputs, batch), batch_stats(model.tasks, outputs, batch)
 
     return step

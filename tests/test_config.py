@@ -150,7 +150,7 @@ def test_file_and_overrides_are_validated_together(tmp_path):
 # ------------------------------------------------------------------------------ errors
 
 
-ALLOWED_MODEL = "allowed: bidirectional, cell, compute_dtype, dropout, embed_dim, embed_dropout"
+ALLOWED_MODEL = "allowed: bidirectional, cell, char_embed_dim"
 
 BAD_RAW = [
     # unknown keys, with a did-you-mean and the allowed set

@@ -284,9 +284,8 @@ def test_load_ud_vocab_from_train_only(tmp_path):
         row("2", "know", "know", "INTJ", "UH", "_", "1", "discourse", "_", "_"),
     ]
     write(tmp_path, "xx_t-ud-dev.conllu", dev_lines)
-    splits, specs, wv, lvs = load_ud(
-        tmp_path, tasks=("upos", "feats:Number"), lowercase=True, min_count=1
-    )
+    data = load_ud(tmp_path, tasks=("upos", "feats:Number"), lowercase=True, min_count=1)
+    splits, specs, wv, lvs = data.splits, data.tasks, data.word_vocab, data.label_vocabs
     assert sorted(splits) == ["dev", "train"]
     assert [s.name for s in specs] == ["upos", "feats:Number"]
     assert "zebra" not in wv and "know" in wv

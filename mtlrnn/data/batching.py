@@ -5,7 +5,8 @@ A batch is a plain dict of numpy arrays (``B`` batch, ``L`` bucket length)::
     {"inputs":  int32 [B, L] (or float32 [B, L, F] for feature inputs),
      "lengths": int32 [B],
      "labels":  {task: int32 [B, L] | float32 [B, L, dim] | int32 [B] | float32 [B, dim]},
-     "masks":   {task: float32 [B, L] (token tasks) | float32 [B] (sequence tasks)}}
+     "masks":   {task: float32 [B, L] (token tasks) | float32 [B] (sequence tasks)},
+     "chars":   int32 [B, L, C]  (only when the dataset has character ids)}
 
 Padded steps and padded rows have label 0 and mask 0; padded rows have length 0; token masks
 are already 0 beyond each row's length. Every batch's ``L`` is one of the bucket lengths, so a
@@ -38,6 +39,8 @@ def _packed(dataset: SequenceDataset, field: str, task: str = "") -> tuple[np.nd
     if key not in cache:
         if field == "inputs":
             ragged = dataset.inputs
+        elif field == "chars":
+            ragged = dataset.chars
         elif field == "labels":
             ragged = dataset.labels[task]
         else:
@@ -147,7 +150,10 @@ def make_batch(
             if name in dataset.masks:
                 m[: len(idx)] *= np.asarray(dataset.masks[name], np.float32)[idx]
             masks[name] = m
-    return {"inputs": inputs, "lengths": lens, "labels": labels, "masks": masks}
+    batch = {"inputs": inputs, "lengths": lens, "labels": labels, "masks": masks}
+    if dataset.chars is not None:
+        batch["chars"] = gather("chars").astype(np.int32)
+    return batch
 
 
 def _bucket_index(dataset: SequenceDataset, buckets: tuple[int, ...]) -> np.ndarray:

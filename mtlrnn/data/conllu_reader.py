@@ -29,9 +29,9 @@ import conllu
 import numpy as np
 
 from mtlrnn.data.dataset import SequenceDataset
-from mtlrnn.data.vocab import LabelVocabulary
+from mtlrnn.data.text import TextData
+from mtlrnn.data.text import encode_text
 from mtlrnn.data.vocab import Vocabulary
-from mtlrnn.data.vocab import label_vocab
 from mtlrnn.tasks import TaskSpec
 
 COLUMNS: tuple[str, ...] = ("upos", "xpos", "feats", "deprel")
@@ -251,48 +251,44 @@ def find_split_files(directory: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def load_ud(
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str] | None = None,
     *,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
     tasks: Iterable[str] = DEFAULT_TASKS,
     min_count: int = 1,
     lowercase: bool = False,
-) -> tuple[
-    dict[str, SequenceDataset], tuple[TaskSpec, ...], Vocabulary, dict[str, LabelVocabulary]
-]:
-    """Load a UD treebank directory as token-tagging datasets.
+    max_word_len: int = 0,
+) -> TextData:
+    """Load a UD treebank as token-tagging datasets (see :mod:`mtlrnn.data.text`).
 
-    Reads ``*-ud-train/dev/test.conllu`` (dev and test when present). Task names are column
-    names (``"upos"``, ``"xpos"``, ``"feats"``, ``"deprel"``) or ``"feats:<Name>"`` for one
-    morphological feature (the files are then read with ``feats_split=True``).
-
-    Vocabularies are built on the training split only:
-
-    - words: :meth:`Vocabulary.build` with ``min_count`` and ``lowercase`` (``"<pad>"`` = 0,
-      ``"<unk>"`` = 1); dev/test words not in it map to ``"<unk>"``.
-    - labels: one :class:`LabelVocabulary` per task built with ``allow_unknown=True``, so id 0
-      is a reserved ``"<unk>"`` label that the training data never uses; a tag that occurs in
-      dev/test but not in train maps to it (and so always counts as an error in evaluation).
-      ``num_classes`` of each task includes that reserved id.
-
-    Returns:
-      ``(splits, tasks, word_vocab, label_vocabs)``: split name -> dataset, the task specs,
-      the word vocabulary and task name -> label vocabulary.
+    Reads ``*-ud-train/dev/test.conllu`` of ``directory`` (dev and test when present), or the
+    explicit ``files`` (split -> path, ``train`` required). Task names are column names
+    (``"upos"``, ``"xpos"``, ``"feats"``, ``"deprel"``) or ``"feats:<Name>"`` for one
+    morphological feature (the files are then read with ``feats_split=True``). Vocabularies
+    are fitted on train only; unseen dev/test tags map to the reserved label id 0; with
+    ``max_word_len > 0`` the datasets carry character ids.
     """
     tasks = tuple(tasks)
     if not tasks:
         raise ValueError("load_ud: at least one task is required")
-    files = find_split_files(directory)
+    if files is None:
+        if directory is None:
+            raise ValueError("load_ud: give a treebank directory or the split files")
+        files = find_split_files(directory)
+    elif "train" not in files:
+        raise ValueError(f"load_ud: files needs a train split, got {sorted(files)}")
     split_feats = any(t.startswith(FEATS_PREFIX) for t in tasks)
-    sentences = {s: read_conllu(p, feats_split=split_feats) for s, p in files.items()}
-    train = sentences["train"]
-    word_vocab = Vocabulary.build(
-        (w for s in train for w in s.words), min_count=min_count, lowercase=lowercase
+    sentences = {}
+    for split, path in files.items():
+        sents = read_conllu(path, feats_split=split_feats)
+        sentences[split] = [
+            (s.words, {t: _column(s, t) for t in tasks}, f"{os.fspath(path)}:{s.line}")
+            for s in sents
+        ]
+    return encode_text(
+        sentences,
+        tasks=tasks,
+        min_count=min_count,
+        lowercase=lowercase,
+        max_word_len=max_word_len,
     )
-    label_vocabs = {
-        t: label_vocab((x for s in train for x in _column(s, t)), allow_unknown=True) for t in tasks
-    }
-    splits = {
-        name: build_dataset(sents, tasks=tasks, word_vocab=word_vocab, label_vocabs=label_vocabs)
-        for name, sents in sentences.items()
-    }
-    return splits, tasks_from(label_vocabs), word_vocab, label_vocabs

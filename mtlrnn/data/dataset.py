@@ -12,6 +12,9 @@ Layout (``N`` examples, ``L_i`` length of example ``i``):
   float32 ``[N, dim]`` (regression).
 - ``masks[task]``: same structure as ``labels[task]`` without the ``dim`` axis, float32 0/1.
   A task missing from ``masks`` is fully labelled.
+- ``chars`` (optional, word inputs only): list of ``N`` int32 arrays ``[L_i, C]``, the
+  character ids of each word (0 = padding, ``C`` the same for every example), for a
+  character-level word encoder.
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ class SequenceDataset:
         sequence labels (array ``[N]`` or ``[N, dim]``).
       masks: task name -> 0/1 float32 masks of the same structure (``[L_i]`` per example for
         token tasks, ``[N]`` for sequence tasks). Missing task: fully labelled.
+      chars: ``None``, or ``N`` int32 arrays ``[L_i, C]`` of character ids per word.
     """
 
     inputs: Ragged
     labels: dict[str, Ragged | np.ndarray]
     masks: dict[str, Ragged | np.ndarray] = dataclasses.field(default_factory=dict)
+    chars: Ragged | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -70,6 +75,7 @@ class SequenceDataset:
             inputs=[self.inputs[i] for i in idx],
             labels={k: take(v) for k, v in self.labels.items()},
             masks={k: take(v) for k, v in self.masks.items()},
+            chars=None if self.chars is None else [self.chars[i] for i in idx],
         )
 
     def check(self, tasks: Sequence[TaskSpec], *, vocab_size: int | None = None) -> None:
@@ -85,6 +91,8 @@ class SequenceDataset:
             raise ValueError("dataset: needs at least one example, got 0")
         self._check_inputs(vocab_size)
         lengths = self.lengths
+        if self.chars is not None:
+            self._check_chars(lengths)
         for spec in tasks:
             if spec.name not in self.labels:
                 raise ValueError(
@@ -120,6 +128,23 @@ class SequenceDataset:
                         f"inputs[{i}]: token ids must be in [1, {vocab_size}) (0 is padding), "
                         f"got values in [{lo}, {hi}]"
                     )
+
+    def _check_chars(self, lengths: np.ndarray) -> None:
+        chars = self.chars
+        if chars is None or isinstance(chars, np.ndarray) or len(chars) != len(self):
+            raise ValueError(
+                f"chars: must be a list of {len(self)} arrays [L_i, C] (one per example)"
+            )
+        width = np.asarray(chars[0]).shape[1:]
+        for i, c in enumerate(chars):
+            c = np.asarray(c)
+            if c.ndim != 2 or c.shape != (int(lengths[i]), *width) or not np.issubdtype(
+                c.dtype, np.integer
+            ):
+                raise ValueError(
+                    f"chars[{i}]: must be integer character ids of shape "
+                    f"({int(lengths[i])}, {width[0] if width else 'C'}), got {c.shape} {c.dtype}"
+                )
 
     def _check_token(self, spec: TaskSpec, lengths: np.ndarray) -> None:
         name, n = spec.name, len(self)

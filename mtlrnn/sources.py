@@ -1,0 +1,194 @@
+"""Data sources: build the training data that a config's ``data`` section describes.
+
+``load_data(data_cfg) -> Data`` dispatches on ``data.source``:
+
+- ``synthetic``: the generated suite of :mod:`mtlrnn.data.synthetic` (with Bayes-optimal
+  scores);
+- ``conllu``: a Universal Dependencies treebank (:func:`mtlrnn.data.conllu_reader.load_ud`);
+- ``columns``: CoNLL-2000/2003-style column files (:mod:`mtlrnn.data.columns`);
+- ``csv``: time series from CSV files (:mod:`mtlrnn.data.timeseries`).
+
+Relative paths in the config are resolved against the current directory;
+:func:`absolute_paths` rewrites them so a run's saved config.yaml works from anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from mtlrnn.config import ConfigError
+from mtlrnn.config import DataConfig
+from mtlrnn.data.dataset import SequenceDataset
+from mtlrnn.data.text import TextData
+from mtlrnn.tasks import TaskSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Everything the trainer needs from a data source.
+
+    Attributes:
+      tasks: the task specs the data provides.
+      splits: split name -> dataset (``"train"`` always; ``"dev"``/``"test"`` when given).
+      vocab_size: number of input token ids (0 for real-valued inputs).
+      num_features: ``F`` of real-valued inputs (0 for token ids).
+      char_vocab_size: number of character ids (0: the data has no characters).
+      bayes: ``bayes[split][task][metric]`` reference scores (synthetic data only).
+      description: one paragraph for users.
+      text: the vocabularies of a text source (for ``mtlrnn predict``), else ``None``.
+    """
+
+    tasks: tuple[TaskSpec, ...]
+    splits: dict[str, SequenceDataset]
+    vocab_size: int = 0
+    num_features: int = 0
+    char_vocab_size: int = 0
+    bayes: dict[str, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)
+    description: str = ""
+    text: TextData | None = None
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+def _abs_files(files: Mapping[str, str]) -> dict[str, str]:
+    return {split: _abs(p) for split, p in files.items()}
+
+
+def absolute_paths(data_cfg: DataConfig) -> DataConfig:
+    """``data_cfg`` with every file and directory path made absolute (against the cwd)."""
+    return dataclasses.replace(
+        data_cfg,
+        conllu=dataclasses.replace(
+            data_cfg.conllu, dir=_abs(data_cfg.conllu.dir), files=_abs_files(data_cfg.conllu.files)
+        ),
+        columns=dataclasses.replace(data_cfg.columns, files=_abs_files(data_cfg.columns.files)),
+        csv=dataclasses.replace(data_cfg.csv, files=_abs_files(data_cfg.csv.files)),
+    )
+
+
+def _check_exists(key: str, path: str, *, directory: bool = False) -> None:
+    ok = os.path.isdir(path) if directory else os.path.isfile(path)
+    if not ok:
+        what = "directory" if directory else "file"
+        raise ConfigError(f"{key}: no such {what}: {path} (relative paths are read from the cwd)")
+
+
+def _describe_text(name: str, text: TextData) -> str:
+    parts = []
+    for split, ds in text.splits.items():
+        parts.append(f"{split} {len(ds)} sentences / {int(ds.lengths.sum())} words")
+    tasks = ", ".join(f"{t.name} ({t.num_classes} classes)" for t in text.tasks)
+    chars = (
+        f", {len(text.char_vocab)} characters (up to {text.max_word_len} per word)"
+        if text.char_vocab is not None
+        else ""
+    )
+    return (
+        f"{name}: {'; '.join(parts)}. Token tasks: {tasks}. Word vocabulary "
+        f"{len(text.word_vocab)} (fitted on train){chars}."
+    )
+
+
+def _text_data(text: TextData, name: str) -> Data:
+    return Data(
+        tasks=text.tasks,
+        splits=text.splits,
+        vocab_size=len(text.word_vocab),
+        char_vocab_size=0 if text.char_vocab is None else len(text.char_vocab),
+        description=_describe_text(name, text),
+        text=text,
+    )
+
+
+def load_data(data_cfg: DataConfig) -> Data:
+    """Build the data of ``data_cfg`` (see the module docstring).
+
+    Raises:
+      ConfigError: a missing file or directory, naming the config key.
+      ValueError: malformed data, naming the file and line.
+    """
+    source = data_cfg.source
+    text_opts = data_cfg.text
+    if source == "synthetic":
+        from mtlrnn.data.synthetic import make_suite
+
+        suite = make_suite(data_cfg.synthetic)
+        return Data(
+            tasks=suite.tasks,
+            splits=suite.splits,
+            vocab_size=suite.vocab_size,
+            bayes=suite.bayes,
+            description=suite.description,
+        )
+    if source == "conllu":
+        from mtlrnn.data.conllu_reader import load_ud
+
+        cfg = data_cfg.conllu
+        for split, path in cfg.files.items():
+            _check_exists(f"data.conllu.files.{split}", path)
+        if not cfg.files:
+            _check_exists("data.conllu.dir", cfg.dir, directory=True)
+        text = load_ud(
+            cfg.dir or None,
+            files=cfg.files or None,
+            tasks=cfg.columns,
+            min_count=text_opts.min_count,
+            lowercase=text_opts.lowercase,
+            max_word_len=text_opts.max_word_len,
+        )
+        return _text_data(text, f"CoNLL-U {cfg.dir or cfg.files['train']}")
+    if source == "columns":
+        from mtlrnn.data.columns import read_columns
+        from mtlrnn.data.text import encode_text
+
+        cfg = data_cfg.columns
+        sentences: dict[str, Any] = {}
+        for split, path in cfg.files.items():
+            _check_exists(f"data.columns.files.{split}", path)
+            sents = read_columns(path, columns=cfg.tasks, word_column=cfg.word_column)
+            sentences[split] = [
+                (s.words, s.labels, f"{path}, sentence {i + 1}") for i, s in enumerate(sents)
+            ]
+        text = encode_text(
+            sentences,
+            tasks=tuple(cfg.tasks),
+            min_count=text_opts.min_count,
+            lowercase=text_opts.lowercase,
+            max_word_len=text_opts.max_word_len,
+        )
+        return _text_data(text, f"column files {cfg.files['train']}")
+    if source == "csv":
+        from mtlrnn.data.timeseries import Target
+        from mtlrnn.data.timeseries import load_timeseries
+
+        cfg = data_cfg.csv
+        for split, path in cfg.files.items():
+            _check_exists(f"data.csv.files.{split}", path)
+        series = load_timeseries(
+            cfg.files,
+            inputs=cfg.inputs,
+            targets={
+                name: Target(column=t.column, level=t.level, kind=t.kind)
+                for name, t in cfg.targets.items()
+            },
+            window=cfg.window,
+            stride=cfg.stride,
+            horizon=cfg.horizon,
+            group_column=cfg.group_column or None,
+            normalize=cfg.normalize,
+            normalize_targets=cfg.normalize_targets,
+        )
+        return Data(
+            tasks=series.tasks,
+            splits=series.splits,
+            num_features=series.num_features,
+            description=series.description,
+        )
+    raise ConfigError(
+        f"data.source: must be one of synthetic, conllu, columns, csv; got {source!r}"
+    )
