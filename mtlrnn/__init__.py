@@ -3,7 +3,9 @@
 One shared recurrent trunk (``lax.scan`` over time) feeds many task heads (stacked and
 vmapped); per-task losses are combined by a weighting strategy and applied through optax.
 
-The one-call API is :func:`fit` (``mtlrnn train``) and :func:`evaluate` (``mtlrnn eval``);
+The one-call API is :func:`fit` (``mtlrnn train``), :func:`evaluate` (``mtlrnn eval``),
+``mtlrnn.predict.predict`` (``mtlrnn predict``) and ``mtlrnn.compare.compare``
+(``mtlrnn compare``);
 the building blocks are importable for custom training loops.
 """
 
@@ -21,6 +23,7 @@ from mtlrnn.metrics import finalize
 from mtlrnn.model import MultiTaskRNN
 from mtlrnn.run import evaluate
 from mtlrnn.run import fit
+from mtlrnn.sources import load_data
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.train import TrainState
 from mtlrnn.train import create_train_state
@@ -49,6 +52,7 @@ __all__ = [
     "gradients",
     "interop",
     "load_config",
+    "load_data",
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
