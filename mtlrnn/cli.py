@@ -1,4 +1,5 @@
-"""Command line: ``mtlrnn train`` and ``mtlrnn eval``. Thin: parses, then calls the library.
+"""Command line: ``mtlrnn train``, ``eval``, ``compare`` and ``predict``. Thin: parses, then
+calls the library.
 
 Exit codes: 0 success, 2 bad input (config, flags or data), with one line on stderr that
 names the key and what is allowed.
@@ -34,6 +35,43 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
     ev.add_argument("--workdir", required=True, help="the run's directory")
     ev.add_argument("--quiet", action="store_true", help="print only the JSON result")
+    cmp = sub.add_parser(
+        "compare",
+        help="weighting methods vs single-task baselines over seeds (Δm, Δp)",
+        description="Train single-task baselines and each method over seeds (resumable), "
+        "then write compare.md/.csv/.json and delta_m.png to --outdir.",
+    )
+    cmp.add_argument("--config", help="YAML config shared by every run (default: built-in)")
+    cmp.add_argument(
+        "--methods",
+        help="comma-separated weighting names, e.g. ew,uw,pcgrad (ew = equal); required "
+        "unless --report-only, which otherwise reads --outdir/plan.json",
+    )
+    cmp.add_argument("--seeds", type=int, help="seeds per method and baseline (default: 3)")
+    cmp.add_argument("--outdir", required=True, help="the comparison's directory")
+    cmp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (repeatable)",
+    )
+    cmp.add_argument("--jobs", type=int, default=1, help="runs at once, as subprocesses")
+    cmp.add_argument("--shard", metavar="I/N", help="only runs whose index %% N == I (0-based)")
+    cmp.add_argument("--split", default="test", help="evaluation split compared (default: test)")
+    cmp.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    cmp.add_argument("--report-only", action="store_true", help="train nothing; report")
+    cmp.add_argument("--quiet", action="store_true", help="no progress lines or table")
+    pred = sub.add_parser(
+        "predict",
+        help="tag a file with a trained run (CoNLL-U in, CoNLL-U with predicted columns out)",
+    )
+    pred.add_argument("--workdir", required=True, help="the trained run's directory")
+    pred.add_argument("--input", required=True, help="CoNLL-U (or column) file to tag")
+    pred.add_argument("--output", required=True, help="where to write the tagged file")
+    pred.add_argument("--batch-size", type=int, default=0, help="sentences per batch")
+    pred.add_argument("--quiet", action="store_true", help="no summary line")
     return parser
 
 
@@ -55,6 +93,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = fit(cfg, args.workdir, verbose=not args.quiet)
             if args.quiet:
                 print(json.dumps(json_safe(summary["eval"]), sort_keys=True))
+        elif args.command == "compare":
+            from mtlrnn.compare import compare
+
+            result = compare(
+                args.config,
+                args.methods,
+                args.seeds,
+                args.outdir,
+                overrides=args.overrides,
+                jobs=args.jobs,
+                shard=args.shard,
+                split=args.split,
+                metrics=args.metrics,
+                report_only=args.report_only,
+                verbose=not args.quiet,
+            )
+            if result["failed"]:
+                print(
+                    f"mtlrnn: error: {len(result['failed'])} run(s) failed: "
+                    f"{', '.join(result['failed'])}",
+                    file=sys.stderr,
+                )
+                return 1
+        elif args.command == "predict":
+            from mtlrnn.predict import predict
+
+            predict(
+                args.workdir,
+                args.input,
+                args.output,
+                batch_size=args.batch_size,
+                verbose=not args.quiet,
+            )
         else:
             from mtlrnn.run import evaluate
 

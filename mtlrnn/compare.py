@@ -1,0 +1,963 @@
+"""``mtlrnn compare``: weighting methods against single-task baselines, over seeds.
+
+One comparison is a list of ordinary training runs under ``<outdir>/runs``:
+
+- single-task baselines first: for each task ``t`` of the config and each seed,
+  ``tasks.include=[t]``, ``weighting.name=equal`` -> ``runs/single-<t>/seed<seed>``;
+- then for each method ``m`` and each seed, ``weighting.name=m`` -> ``runs/<m>/seed<seed>``.
+
+Seeds are ``train.seed + 0 .. train.seed + N - 1`` and ``seed<seed>`` is that ``train.seed``
+value. ``ew`` is an alias of the registry name ``equal``. Method runs keep the config's
+``weighting.params`` only when the method is the config's own ``weighting.name`` (other
+methods run with their default hyper-parameters), and a gradient method that cannot run in
+the config's ``weighting.mode`` runs in its first allowed mode (``mgda_ub``:
+``representation``); each run's ``--set`` overrides in ``plan.json`` say what it got.
+
+The plan is written to ``<outdir>/plan.json``. Runs are resumable (a run whose workdir has
+``summary.json`` is done; a workdir without it was interrupted and is trained again from
+scratch) and safe to share between processes: a process trains a run only after creating
+``<workdir>.lock`` atomically, and skips runs whose lock another process holds. ``--shard
+I/N`` splits the list up front (runs whose index modulo ``N`` is ``I``); shards on several
+machines over one shared ``<outdir>`` together train every run once.
+
+The report (``compare.md``, ``compare.csv``, ``compare.json``, ``delta_m.png``) is written
+from whatever runs have finished. Per method: each task metric as mean ± sample std over
+seeds; Δm% (lower is better; Maninis et al. 2019 in the form of Nash-MTL and FAMO) and Δp%
+(higher is better; LibMTL), each computed per seed against the single-task baselines'
+means over their seeds (:mod:`mtlrnn.delta`), then mean ± std over seeds; and the median
+step time. The ``single-task`` row holds the baselines themselves: its Δm and Δp are 0 by
+definition and their std (each seed of the baselines against the mean of all) is the seed
+noise that differences between methods should exceed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+from mtlrnn.config import Config
+from mtlrnn.config import ConfigError
+from mtlrnn.config import apply_overrides
+from mtlrnn.config import load_config
+from mtlrnn.config import resolve_tasks
+from mtlrnn.config import to_dict
+from mtlrnn.delta import delta_m
+from mtlrnn.delta import delta_p
+from mtlrnn.delta import summarize_seeds
+from mtlrnn.reporting import json_safe
+
+__all__ = ["Run", "compare", "execute", "plan_runs", "report"]
+
+#: Method names accepted besides the registry names, mapped to them.
+ALIASES: dict[str, str] = {"ew": "equal"}
+#: Row name of the single-task baselines in the report.
+SINGLE_TASK = "single-task"
+#: Splits in the order ``fit`` evaluates them by default; a summary without the requested
+#: split falls back to the last of these that it has.
+_SPLIT_ORDER = ("train", "dev", "test")
+#: Config sections that do not change what a run computes; they may differ between a
+#: finished run and the current plan.
+_COSMETIC = ("logging.", "checkpoint.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of a comparison.
+
+    Attributes:
+      name: the report row it belongs to: ``single-<task>`` or the method as given (``ew``).
+      method: the weighting's registry name (``equal`` for single-task baselines).
+      seed: its ``train.seed``.
+      workdir: its output directory, ``<outdir>/runs/<name>/seed<seed>``.
+      overrides: every ``--set`` override of the run: the comparison's shared ones first,
+        then the run's own.
+      config_path: the YAML config (None: the built-in defaults).
+      task: the one task of a single-task baseline; None for a multi-task run.
+    """
+
+    name: str
+    method: str
+    seed: int
+    workdir: str
+    overrides: tuple[str, ...]
+    config_path: str | None = None
+    task: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+
+def _data_tasks(cfg: Config) -> Any:
+    """The task specs the config's data provides (before ``tasks.include``)."""
+    from mtlrnn import run
+
+    # run.load_suite(config) may give way to load_data(data_config) (mtlrnn.sources).
+    load_suite = getattr(run, "load_suite", None)
+    if load_suite is not None:
+        return load_suite(cfg).tasks
+    return run.load_data(cfg.data).tasks
+
+
+def _names(value: Sequence[str] | str) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``, stripped."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(v).strip() for v in items]
+
+
+def _check_methods(methods: Sequence[str] | str) -> list[tuple[str, str]]:
+    """``(name as given, registry name)`` per method; ConfigError names a bad one."""
+    from mtlrnn import weighting
+
+    names = _names(methods)
+    if not names or not all(names):
+        raise ConfigError(
+            f"--methods: expected a comma-separated list, e.g. ew,uw; got {methods!r}"
+        )
+    allowed = tuple(weighting.names())
+    out: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for name in names:
+        registry = ALIASES.get(name, name)
+        if registry not in allowed:
+            aliases = ", ".join(f"{a} (= {r})" for a, r in ALIASES.items())
+            raise ConfigError(
+                f"--methods: unknown method {name!r}; allowed: {aliases}, {', '.join(allowed)}"
+            )
+        if registry in seen:
+            raise ConfigError(
+                f"--methods: {seen[registry]!r} and {name!r} are the same method ({registry})"
+            )
+        if name.startswith("single-") or name == SINGLE_TASK:
+            raise ConfigError(f"--methods: {name!r} is reserved for the single-task baselines")
+        seen[registry] = name
+        out.append((name, registry))
+    return out
+
+
+def _yaml_name(name: str) -> str:
+    """``name`` as a YAML flow scalar: bare when safe, else JSON-quoted (valid YAML)."""
+    return name if re.fullmatch(r"[A-Za-z_][\w.-]*", name) else json.dumps(name)
+
+
+def _check_seeds(seeds: int) -> int:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds: must be an integer >= 1 (seeds per method); got {seeds!r}")
+    return seeds
+
+
+def _method_overrides(cfg: Config, registry: str) -> list[str]:
+    """The weighting overrides of one method run, given the shared config."""
+    from mtlrnn import weighting
+
+    out = [f"weighting.name={registry}"]
+    if registry != cfg.weighting.name and cfg.weighting.params:
+        # The config's hyper-parameters belong to its own weighting.name.
+        out.append("weighting.params={}")
+    strategy = weighting.get(registry)
+    if strategy.requires == "grads" and cfg.weighting.mode not in strategy.modes:
+        out.append(f"weighting.mode={strategy.modes[0]}")
+    return out
+
+
+def _plan(
+    cfg: Config,
+    config_path: str | os.PathLike | None,
+    methods: Sequence[str] | str,
+    seeds: int,
+    outdir: str | os.PathLike,
+    overrides: Sequence[str],
+    metrics: Sequence[str] | str | None = None,
+) -> list[tuple[Run, Config]]:
+    checked = _check_methods(methods)
+    _check_seeds(seeds)
+    # Every run's config is built and checked against the data before anything trains.
+    available = _data_tasks(cfg)
+    resolved = resolve_tasks(cfg.tasks, available)
+    tasks = [t.name for t in resolved]
+    if metrics is not None:
+        known = sorted({m for t in resolved for m in t.metrics})
+        unknown = [m for m in _names(metrics) if m not in known]
+        if unknown:
+            raise ConfigError(
+                f"--metrics: unknown metric {unknown[0]!r}; the tasks report {', '.join(known)}"
+            )
+    path = None if config_path is None else os.fspath(config_path)
+    shared = tuple(overrides)
+    base = cfg.train.seed
+    seed_values = [base + i for i in range(seeds)]
+    runs_dir = os.path.join(os.fspath(outdir), "runs")
+
+    specs: list[tuple[str, str, str | None, list[str]]] = []
+    for task in tasks:
+        own = [f"tasks.include=[{_yaml_name(task)}]", "weighting.name=equal"]
+        if cfg.weighting.params:
+            own.append("weighting.params={}")
+        if cfg.weighting.chunk_size:
+            own.append("weighting.chunk_size=0")  # must divide the task count, here 1
+        specs.append((f"single-{task}", "equal", task, own))
+    for name, registry in checked:
+        specs.append((name, registry, None, _method_overrides(cfg, registry)))
+
+    planned: list[tuple[Run, Config]] = []
+    for name, registry, task, own in specs:
+        for seed in seed_values:
+            run_overrides = (*own, f"train.seed={seed}")
+            run = Run(
+                name=name,
+                method=registry,
+                seed=seed,
+                workdir=os.path.join(runs_dir, name, f"seed{seed}"),
+                overrides=(*shared, *run_overrides),
+                config_path=path,
+                task=task,
+            )
+            try:
+                run_cfg = apply_overrides(cfg, run_overrides)
+                resolve_tasks(run_cfg.tasks, available)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (run {name} seed {seed})") from None
+            planned.append((run, run_cfg))
+    return planned
+
+
+def plan_runs(
+    cfg: Config,
+    config_path: str | os.PathLike | None,
+    methods: Sequence[str] | str,
+    seeds: int,
+    outdir: str | os.PathLike,
+    overrides: Sequence[str] = (),
+) -> list[Run]:
+    """The runs of a comparison, single-task baselines first, every config validated.
+
+    Args:
+      cfg: the shared config, already loaded from ``config_path`` with ``overrides``; its
+        resolved tasks get baselines and its ``train.seed`` is the first seed.
+      config_path: the YAML file ``cfg`` came from (None: the built-in defaults); subprocess
+        runs load it again.
+      methods: weighting names as given (``ew`` or registry names, see
+        ``mtlrnn.weighting.names()``).
+      seeds: seeds per method and per baseline, ``>= 1``.
+      outdir: the comparison's directory.
+      overrides: the shared ``--set`` overrides ``cfg`` was loaded with.
+
+    Raises:
+      ConfigError: an unknown or repeated method, ``seeds < 1``, or a run whose config is
+        invalid (the message names the key and the run), before any training.
+    """
+    return [run for run, _ in _plan(cfg, config_path, methods, seeds, outdir, overrides)]
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: value}
+
+
+def _config_diff(a: Config, b: Config) -> list[str]:
+    fa, fb = _flat(to_dict(a)), _flat(to_dict(b))
+    keys = sorted(set(fa) | set(fb))
+    return [
+        f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}"
+        for k in keys
+        if fa.get(k) != fb.get(k) and not k.startswith(_COSMETIC)
+    ]
+
+
+def _check_finished(planned: Sequence[tuple[Run, Config]], outdir: str) -> None:
+    """A finished run must have been trained with the config the plan gives it now."""
+    for run, run_cfg in planned:
+        saved = os.path.join(run.workdir, "config.yaml")
+        if not os.path.isfile(os.path.join(run.workdir, "summary.json")):
+            continue
+        if not os.path.isfile(saved):
+            continue
+        try:
+            old = load_config(saved)
+        except ConfigError:
+            continue  # written by another version of the schema; nothing to compare
+        diff = _config_diff(old, run_cfg)
+        if diff:
+            rel = os.path.relpath(run.workdir, outdir)
+            raise ConfigError(
+                f"--outdir: {rel} was trained with a different config ({diff[0]}"
+                f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); use a new --outdir "
+                "or delete that run"
+            )
+
+
+def _plan_payload(
+    runs: Sequence[Run],
+    outdir: str,
+    *,
+    config_path: str | None,
+    overrides: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+) -> dict[str, Any]:
+    return {
+        "config_path": config_path,
+        "overrides": list(overrides),
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "runs": [
+            {
+                **dataclasses.asdict(run),
+                "workdir": os.path.relpath(run.workdir, outdir),
+                "overrides": list(run.overrides),
+            }
+            for run in runs
+        ],
+    }
+
+
+def _read_plan(outdir: str) -> tuple[list[Run], dict[str, Any]]:
+    path = os.path.join(outdir, "plan.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--outdir: {outdir} has no plan.json; run compare without --report-only first, "
+            "or give --methods (and --config, --seeds, --set) to plan the report"
+        ) from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--outdir: cannot read {path} ({e})") from None
+    fields = {f.name for f in dataclasses.fields(Run)}
+    runs = [
+        Run(
+            **{
+                **{k: v for k, v in r.items() if k in fields},
+                "workdir": os.path.join(outdir, r["workdir"]),
+                "overrides": tuple(r["overrides"]),
+            }
+        )
+        for r in plan["runs"]
+    ]
+    return runs, plan
+
+
+def _write_atomic(path: str, text: str) -> None:
+    # Several processes (shards) may write the same report; readers never see half a file.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Executing
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    try:
+        if isinstance(shard, str):
+            i_text, n_text = shard.split("/")
+            index, count = int(i_text), int(n_text)
+        else:
+            index, count = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard: expected I/N with 0 <= I < N, e.g. 0/2; got {shard!r}")
+    return index, count
+
+
+def _say(verbose: bool, text: str) -> None:
+    if verbose:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _log_tail(path: str, lines: int = 3) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            tail = [line.strip() for line in f if line.strip()][-lines:]
+    except OSError:
+        return ""
+    return " | ".join(tail)
+
+
+def _train_in_process(run: Run) -> str | None:
+    """Train ``run`` with :func:`mtlrnn.run.fit`; the error text on failure, else None."""
+    from mtlrnn import run as run_module
+
+    try:
+        cfg = load_config(run.config_path, run.overrides)
+        run_module.fit(cfg, run.workdir, verbose=False)
+    except Exception as e:  # one failed run must not stop the others
+        os.makedirs(run.workdir, exist_ok=True)
+        with open(os.path.join(run.workdir, "train.log"), "w", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+        return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return None
+
+
+def _train_subprocess(run: Run) -> str | None:
+    """Train ``run`` with ``python -m mtlrnn.cli train``; the error text on failure."""
+    import mtlrnn
+
+    cmd = [sys.executable, "-m", "mtlrnn.cli", "train"]
+    if run.config_path is not None:
+        cmd += ["--config", run.config_path]
+    cmd += ["--workdir", run.workdir, "--quiet"]
+    for item in run.overrides:
+        cmd += ["--set", item]
+    env = dict(os.environ)
+    # The child must import this very mtlrnn, wherever (or whether) it is installed.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(mtlrnn.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    # Several runs share one accelerator: each takes memory as needed instead of 75% of it.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.makedirs(run.workdir, exist_ok=True)
+    log = os.path.join(run.workdir, "train.log")
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
+    if proc.returncode != 0:
+        return f"exit code {proc.returncode}: {_log_tail(log)} (log: {log})"
+    return None
+
+
+def _run_one(run: Run, label: str, *, subprocess_mode: bool, verbose: bool) -> str:
+    """Train one run unless it is finished or locked; returns its status."""
+    summary = os.path.join(run.workdir, "summary.json")
+    if os.path.isfile(summary):
+        _say(verbose, f"{label}: finished, skipped")
+        return "finished"
+    lock = f"{run.workdir}.lock"
+    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        _say(
+            verbose,
+            f"{label}: skipped, another process holds {lock} (delete it if none is running)",
+        )
+        return "locked"
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"pid {os.getpid()} host {socket.gethostname()} since {time.time():.0f}\n")
+        if os.path.isfile(summary):  # finished by its owner between our check and the lock
+            _say(verbose, f"{label}: finished, skipped")
+            return "finished"
+        if os.path.exists(run.workdir):
+            _say(verbose, f"{label}: {run.workdir} has no summary.json (interrupted); rerunning")
+            shutil.rmtree(run.workdir)
+        _say(verbose, f"{label}: training -> {run.workdir}")
+        t0 = time.perf_counter()
+        error = _train_subprocess(run) if subprocess_mode else _train_in_process(run)
+        if error is not None:
+            print(f"{label}: FAILED in {run.workdir}: {error}", file=sys.stderr, flush=True)
+            return "failed"
+        _say(verbose, f"{label}: done in {time.perf_counter() - t0:.1f} s")
+        return "trained"
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # e.g. deleted by hand meanwhile
+            os.remove(lock)
+
+
+def execute(
+    runs: Sequence[Run],
+    *,
+    jobs: int = 1,
+    shard: str | tuple[int, int] | None = None,
+    verbose: bool = True,
+) -> list[str]:
+    """Train the runs that are neither finished nor locked by another process.
+
+    Args:
+      runs: the plan, as from :func:`plan_runs`.
+      jobs: runs trained at once. 1: one after another in this process with
+        :func:`mtlrnn.run.fit`; more: as ``python -m mtlrnn.cli train`` subprocesses, each
+        writing ``<workdir>/train.log``.
+      shard: ``"I/N"`` or ``(I, N)``: only the runs whose index in ``runs`` modulo ``N`` is
+        ``I`` (0-based), so that N processes or machines split one comparison.
+      verbose: print one line per run to stderr (failures are printed regardless).
+
+    Returns:
+      The workdirs of the runs that failed (an exception or a non-zero exit), in plan order.
+
+    Raises:
+      ConfigError: ``jobs < 1`` or a malformed ``shard``.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
+    parsed = _parse_shard(shard)
+    total = len(runs)
+    mine = [(i, run) for i, run in enumerate(runs) if parsed is None or i % parsed[1] == parsed[0]]
+    if parsed is not None:
+        _say(verbose, f"shard {parsed[0]}/{parsed[1]}: {len(mine)} of {total} runs")
+
+    def one(item: tuple[int, Run]) -> str:
+        i, run = item
+        label = f"[{i + 1}/{total}] {run.name} seed {run.seed}"
+        return _run_one(run, label, subprocess_mode=jobs > 1, verbose=verbose)
+
+    if jobs == 1:
+        statuses = [one(item) for item in mine]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            statuses = list(pool.map(one, mine))
+    counts = {s: statuses.count(s) for s in ("trained", "finished", "locked", "failed")}
+    _say(
+        verbose,
+        f"runs: {counts['trained']} trained, {counts['finished']} already finished, "
+        f"{counts['locked']} skipped (locked), {counts['failed']} failed",
+    )
+    return [run.workdir for (_, run), s in zip(mine, statuses, strict=True) if s == "failed"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def _read_summary(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None  # not there, or being written right now by its run
+
+
+def _pick_split(evals: Mapping[str, Any], split: str) -> str | None:
+    if split in evals:
+        return split
+    if not evals:
+        return None
+    rank = {s: i for i, s in enumerate(_SPLIT_ORDER)}
+    return max(evals, key=lambda s: (rank.get(s, -1), s))
+
+
+def _num(value: Any) -> float:
+    return (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    )
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    xs = [v for v in values if math.isfinite(v)]
+    if not xs:
+        return {"mean": None, "std": None, "n": 0}
+    mean, std = summarize_seeds(xs)
+    return {"mean": mean, "std": std, "n": len(xs)}
+
+
+def _delta_stats(per_seed: Mapping[int, float | None]) -> dict[str, Any]:
+    out = _stats([v for v in per_seed.values() if v is not None])
+    out["per_seed"] = {str(s): v for s, v in per_seed.items()}
+    return out
+
+
+def _pm(stats: Mapping[str, Any], fmt: str) -> str:
+    if stats.get("mean") is None:
+        return "-"
+    return f"{stats['mean']:{fmt}} ± {stats['std']:{fmt.lstrip('+')}}"
+
+
+def report(
+    outdir: str | os.PathLike,
+    runs: Sequence[Run],
+    *,
+    split: str = "test",
+    metrics: Sequence[str] | str | None = None,
+    config_path: str | os.PathLike | None = "",
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Summarise the finished runs of ``runs`` and write the comparison's report files.
+
+    Reads ``eval[split]`` of each finished run's ``summary.json`` (a summary without
+    ``split`` falls back to its last split in train, dev, test order, with a note). Writes
+    ``compare.md`` (also printed to stderr when ``verbose``), ``compare.csv``,
+    ``compare.json`` and ``delta_m.png`` into ``outdir``.
+
+    Args:
+      outdir: the comparison's directory.
+      runs: the plan (see :func:`plan_runs`); runs without a summary count as missing.
+      split: the evaluation split to compare on.
+      metrics: metric names to compare (default: every metric in the summaries).
+      config_path: shown in the report's header.
+      verbose: print the markdown table to stderr.
+
+    Returns:
+      ``{"split", "tasks", "columns", "seeds", "baseline", "rows", "finished", "missing",
+      "notes", ...}``; each row has ``method``, ``n``, ``scores[task][metric]``,
+      ``delta_m`` and ``delta_p`` (each ``{"mean", "std", "n", "per_seed"}``) and
+      ``step_time_ms``. The ``single-task`` row comes first.
+
+    Raises:
+      ConfigError: ``metrics`` names a metric that no finished run reports.
+    """
+    outdir = os.fspath(outdir)
+    notes: list[str] = []
+    scores: dict[Run, dict[str, dict[str, float]]] = {}
+    step_ms: dict[Run, float] = {}
+    missing: list[str] = []
+    for run in runs:
+        summary = _read_summary(os.path.join(run.workdir, "summary.json"))
+        rel = os.path.relpath(run.workdir, outdir)
+        evals = (summary or {}).get("eval") or {}
+        used = _pick_split(evals, split)
+        if summary is None or used is None:
+            missing.append(rel)
+            continue
+        if used != split:
+            notes.append(f"{rel}: no {split!r} split in summary.json; used {used!r}")
+        scores[run] = {
+            task: {m: _num(v) for m, v in values.items() if m != "count"}
+            for task, values in evals[used].items()
+        }
+        step_ms[run] = _num((summary.get("throughput") or {}).get("step_time_ms_median"))
+
+    single_runs = [r for r in runs if r.task is not None and r in scores]
+    tasks = list(dict.fromkeys(r.task for r in runs if r.task is not None))
+    if not tasks:
+        tasks = list(dict.fromkeys(t for s in scores.values() for t in s))
+    found = {
+        t: list(dict.fromkeys(m for s in scores.values() for m in s.get(t, {}))) for t in tasks
+    }
+    if metrics is not None:
+        wanted = _names(metrics)
+        known = sorted({m for names in found.values() for m in names})
+        unknown = [m for m in wanted if m not in known]
+        if unknown and scores:
+            raise ConfigError(
+                f"--metrics: unknown metric {unknown[0]!r}; the summaries report {', '.join(known)}"
+            )
+        found = {t: [m for m in names if m in wanted] for t, names in found.items()}
+    columns = [(t, m) for t in tasks for m in found[t]]
+    measured = [t for t in tasks if found[t]]  # tasks with a compared metric
+    # Each finished run's scores on the compared columns (NaN where it lacks one).
+    tables = {
+        r: {t: {m: s.get(t, {}).get(m, math.nan) for m in found[t]} for t in measured}
+        for r, s in scores.items()
+    }
+
+    def cells(by_task: Mapping[str, Sequence[Run]]) -> dict[str, dict[str, Any]]:
+        return {
+            t: {m: _stats([tables[r][t][m] for r in by_task[t]]) for m in found[t]} for t in tasks
+        }
+
+    # The single-task baselines M_stl: per task and metric, the mean over the seeds.
+    single_by_task = {t: [r for r in single_runs if r.task == t] for t in tasks}
+    single_cells = cells(single_by_task)
+    baseline: dict[str, dict[str, float]] | None = None
+    if measured and all(single_by_task[t] for t in measured):
+        baseline = {t: {m: _or_nan(single_cells[t][m]["mean"]) for m in found[t]} for t in measured}
+    elif columns:
+        notes.append("Δm and Δp need a finished single-task baseline of every task")
+
+    def deltas(label: str, per_seed: Mapping[int, Any]) -> tuple[dict, dict]:
+        dm: dict[int, float | None] = {}
+        dp: dict[int, float | None] = {}
+        for seed, table in per_seed.items():
+            dm[seed] = dp[seed] = None
+            if baseline is None or not columns:
+                continue
+            try:
+                dm[seed], dp[seed] = delta_m(table, baseline), delta_p(table, baseline)
+            except ValueError as e:
+                notes.append(f"{label} seed {seed}: Δ undefined ({e})")
+        return _delta_stats(dm), _delta_stats(dp)
+
+    # The baselines' own row: each seed's single-task models together, against the means.
+    seeds_all = sorted({r.seed for r in runs})
+    complete = {
+        seed: {t: tables[next(r for r in single_by_task[t] if r.seed == seed)][t] for t in measured}
+        for seed in seeds_all
+        if measured and all(any(r.seed == seed for r in single_by_task[t]) for t in measured)
+    }
+    dm, dp = deltas(SINGLE_TASK, complete)
+    n_per_task = {t: len(single_by_task[t]) for t in tasks}
+    rows: list[dict[str, Any]] = [
+        {
+            "method": SINGLE_TASK,
+            "weighting": "equal",
+            "n": min(n_per_task.values(), default=0),
+            "n_per_task": n_per_task,
+            "seeds": sorted({r.seed for r in single_runs}),
+            "scores": single_cells,
+            "delta_m": _zero_mean(dm),
+            "delta_p": _zero_mean(dp),
+            "step_time_ms": _median([step_ms[r] for r in single_runs]),
+        }
+    ]
+    for name in dict.fromkeys(r.name for r in runs if r.task is None):
+        group = [r for r in runs if r.name == name and r.task is None]
+        done = [r for r in group if r in scores]
+        dm, dp = deltas(name, {r.seed: tables[r] for r in done})
+        rows.append(
+            {
+                "method": name,
+                "weighting": group[0].method,
+                "n": len(done),
+                "seeds": [r.seed for r in done],
+                "scores": cells({t: done for t in tasks}),
+                "delta_m": dm,
+                "delta_p": dp,
+                "step_time_ms": _median([step_ms[r] for r in done]),
+            }
+        )
+
+    path_text = "" if config_path is None else os.fspath(config_path)
+    result: dict[str, Any] = {
+        "config_path": path_text or None,
+        "split": split,
+        "tasks": tasks,
+        "columns": [f"{t}/{m}" for t, m in columns],
+        "seeds": seeds_all,
+        "baseline": baseline,
+        "rows": rows,
+        "finished": len(scores),
+        "planned": len(runs),
+        "missing": missing,
+        "notes": notes,
+    }
+    markdown = _markdown(result, columns)
+    os.makedirs(outdir, exist_ok=True)
+    _write_atomic(os.path.join(outdir, "compare.md"), markdown)
+    _write_atomic(os.path.join(outdir, "compare.csv"), _csv(rows, columns))
+    text = json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False)
+    _write_atomic(os.path.join(outdir, "compare.json"), text + "\n")
+    _plot_delta_m(rows, os.path.join(outdir, "delta_m.png"))
+    _say(verbose, markdown)
+    return result
+
+
+def _zero_mean(stats: dict[str, Any]) -> dict[str, Any]:
+    # The baselines' mean relative change to their own mean is 0 by definition; only
+    # rounding would show otherwise.
+    if stats["mean"] is not None:
+        stats["mean"] = 0.0
+    return stats
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _median(values: Sequence[float]) -> float | None:
+    xs = [v for v in values if math.isfinite(v)]
+    return statistics.median(xs) if xs else None
+
+
+def _markdown(result: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> str:
+    config = result["config_path"] or "built-in defaults"
+    seeds = ", ".join(map(str, result["seeds"])) or "-"
+    lines = [
+        "# mtlrnn compare",
+        "",
+        f"config: `{config}`; split: {result['split']}; seeds: {seeds}; "
+        f"finished runs: {result['finished']} of {result['planned']} (plan: plan.json)",
+        "",
+        "- Δm% = 100/N Σ_{task,metric} (-1)^l (M_mtl - M_stl) / M_stl, l = 1 where higher is "
+        "better; lower is better (Maninis et al. 2019, as in Nash-MTL and FAMO).",
+        "- Δp% = 100/T Σ_task 1/N_task Σ_metric (-1)^s (M_mtl - M_stl) / M_stl, s = 1 where "
+        "lower is better; higher is better (LibMTL, Lin & Zhang 2023).",
+        "- M_stl: the single-task baselines' mean over their seeds. Cells: mean ± sample std "
+        "over the n seeds; Δ per seed, then mean ± std. single-task row: Δ is 0 by "
+        "definition, its std is the baselines' seed noise. step ms: median over the seeds "
+        "of each run's median step time.",
+        "",
+    ]
+    header = ["method", "n", *(f"{t}/{m}" for t, m in columns), "Δm% ↓", "Δp ↑", "step ms"]
+    table = [header, ["---", "---:", *(["---:"] * len(columns)), "---:", "---:", "---:"]]
+    for row in result["rows"]:
+        if row["method"] == SINGLE_TASK and len(set(row["n_per_task"].values())) > 1:
+            n_text = f"{min(row['n_per_task'].values())}-{max(row['n_per_task'].values())}"
+        else:
+            n_text = str(row["n"])
+        step = row["step_time_ms"]
+        table.append(
+            [
+                row["method"],
+                n_text,
+                *(_pm(row["scores"][t][m], ".4f") for t, m in columns),
+                _pm(row["delta_m"], "+.2f"),
+                _pm(row["delta_p"], "+.2f"),
+                "-" if step is None else f"{step:.1f}",
+            ]
+        )
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    if result["missing"]:
+        lines += ["", f"not finished ({len(result['missing'])}): {', '.join(result['missing'])}"]
+    if result["notes"]:
+        lines += ["", "notes:", *(f"- {n}" for n in result["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    header = ["method", "weighting", "n"]
+    for t, m in columns:
+        header += [f"{t}/{m}_mean", f"{t}/{m}_std"]
+    header += ["delta_m_mean", "delta_m_std", "delta_p_mean", "delta_p_std", "step_time_ms"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+
+    def cell(value: Any) -> Any:
+        return "" if value is None else value
+
+    for row in rows:
+        out = [row["method"], row["weighting"], row["n"]]
+        for t, m in columns:
+            s = row["scores"][t][m]
+            out += [cell(s["mean"]), cell(s["std"])]
+        for key in ("delta_m", "delta_p"):
+            out += [cell(row[key]["mean"]), cell(row[key]["std"])]
+        out.append(cell(row["step_time_ms"]))
+        writer.writerow(out)
+    return buf.getvalue()
+
+
+def _plot_delta_m(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Bars of Δm% per method with std error bars; no file while no Δm is known."""
+    shown = [r for r in rows if r["method"] != SINGLE_TASK and r["delta_m"]["mean"] is not None]
+    if not shown:
+        if os.path.exists(path):
+            os.remove(path)  # a stale plot would contradict the table
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.5 + 0.9 * len(shown)), 4))
+    xs = range(len(shown))
+    means = [r["delta_m"]["mean"] for r in shown]
+    stds = [r["delta_m"]["std"] for r in shown]
+    colors = ["tab:green" if m < 0 else "tab:red" for m in means]
+    ax.bar(xs, means, yerr=stds, capsize=4, color=colors, alpha=0.8)
+    noise = rows[0]["delta_m"]["std"] if rows and rows[0]["method"] == SINGLE_TASK else None
+    if noise:
+        ax.axhspan(-noise, noise, color="gray", alpha=0.15, label="single-task seed std")
+        ax.legend(fontsize=8)
+    ax.axhline(0.0, color="black", linewidth=1)
+    ax.set_xticks(list(xs), [f"{r['method']}\n(n={r['n']})" for r in shown])
+    ax.set_ylabel("Δm %")
+    ax.set_title("Δm% vs single-task baselines (lower is better)", fontsize=11)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole workflow
+# --------------------------------------------------------------------------------------------
+
+
+def compare(
+    config_path: str | os.PathLike | None,
+    methods: Sequence[str] | str | None,
+    seeds: int | None,
+    outdir: str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    jobs: int = 1,
+    shard: str | tuple[int, int] | None = None,
+    split: str = "test",
+    metrics: Sequence[str] | str | None = None,
+    report_only: bool = False,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """``mtlrnn compare``: plan, train what is missing, and report.
+
+    Args:
+      config_path: the shared YAML config (None: the built-in defaults).
+      methods: weighting methods as given (``ew`` = ``equal``, or any of
+        ``mtlrnn.weighting.names()``). With ``report_only`` it may be None: the plan is then
+        read from ``<outdir>/plan.json`` and ``config_path``, ``seeds`` and ``overrides``
+        are not used.
+      seeds: seeds per method and per baseline (None: 3).
+      outdir: the comparison's directory (``plan.json``, ``runs/``, the report files).
+      overrides: ``--set`` overrides shared by every run.
+      jobs, shard: see :func:`execute`.
+      split, metrics: see :func:`report`.
+      report_only: train nothing; report on the finished runs.
+      verbose: progress lines and the table on stderr.
+
+    Returns:
+      The report (see :func:`report`) plus ``"failed"``: the workdirs of runs that failed.
+
+    Raises:
+      ConfigError: a bad flag (naming it), method or run config, a finished run trained
+        with a different config than planned, or (``report_only`` without ``methods``) a
+        missing ``plan.json``; all before any training.
+    """
+    outdir = os.fspath(outdir)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
+    _parse_shard(shard)
+    seeds = 3 if seeds is None else _check_seeds(seeds)
+    if metrics is not None and (not _names(metrics) or not all(_names(metrics))):
+        raise ConfigError(f"--metrics: expected metric names, e.g. accuracy,mse; got {metrics!r}")
+    path = None if config_path is None else os.fspath(config_path)
+
+    if report_only and not methods:
+        runs, plan = _read_plan(outdir)
+        return {
+            **report(
+                outdir,
+                runs,
+                split=split,
+                metrics=metrics,
+                config_path=plan.get("config_path"),
+                verbose=verbose,
+            ),
+            "failed": [],
+        }
+    if methods is None:
+        raise ConfigError("--methods: required (comma-separated, e.g. ew,uw,pcgrad)")
+    _check_methods(methods)  # before the config: a typo fails at once
+
+    cfg = load_config(path, overrides)
+    planned = _plan(cfg, path, methods, seeds, outdir, overrides, metrics)
+    runs = [run for run, _ in planned]
+    failed: list[str] = []
+    if not report_only:
+        if split not in cfg.train.eval_splits:
+            raise ConfigError(
+                f"--split: {split!r} is not evaluated by the runs (train.eval_splits: "
+                f"{', '.join(cfg.train.eval_splits)})"
+            )
+        _check_finished(planned, outdir)
+        os.makedirs(outdir, exist_ok=True)
+        payload = _plan_payload(
+            runs,
+            outdir,
+            config_path=path,
+            overrides=overrides,
+            methods=_names(methods),
+            seeds=sorted({r.seed for r in runs}),
+        )
+        _write_atomic(os.path.join(outdir, "plan.json"), json.dumps(payload, indent=2) + "\n")
+        failed = execute(runs, jobs=jobs, shard=shard, verbose=verbose)
+    result = report(outdir, runs, split=split, metrics=metrics, config_path=path, verbose=verbose)
+    return {**result, "failed": failed}
