@@ -62,6 +62,7 @@ from mtlrnn.delta import delta_m
 from mtlrnn.delta import delta_p
 from mtlrnn.delta import summarize_seeds
 from mtlrnn.reporting import json_safe
+from mtlrnn.sources import absolute_paths
 
 __all__ = ["Run", "compare", "execute", "plan_runs", "report"]
 
@@ -277,6 +278,8 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _config_diff(a: Config, b: Config) -> list[str]:
+    # fit() saves data paths made absolute; compare them that way.
+    a, b = (dataclasses.replace(c, data=absolute_paths(c.data)) for c in (a, b))
     fa, fb = _flat(to_dict(a)), _flat(to_dict(b))
     keys = sorted(set(fa) | set(fb))
     return [
