@@ -391,6 +391,21 @@ class CheckpointConfig:
     enabled: bool = _opt(True, "write checkpoints (and resume from the latest one)")
     every: int = _opt(0, "save every this many steps; 0 = only at the end", min=0)
     keep: int = _opt(2, "how many recent checkpoints to keep", min=1)
+    best_metric: str = _opt(
+        "",
+        "also keep the best checkpoint by this eval metric, 'split/task/metric' (e.g. "
+        "dev/upos/accuracy; needs train.eval_every); '' = off",
+    )
+    best_mode: Literal["max", "min"] = _opt("max", "best_metric: max (accuracy) or min (mse)")
+    async_save: bool = _opt(True, "write checkpoints in the background while training goes on")
+    resume: bool = _opt(True, "resume from the latest good checkpoint when --workdir has one")
+
+    def __post_init__(self) -> None:
+        if self.best_metric and len(self.best_metric.split("/")) != 3:
+            raise ValueError(
+                f"best_metric: must be 'split/task/metric' (e.g. dev/upos/accuracy), got "
+                f"{self.best_metric!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
