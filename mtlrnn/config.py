@@ -373,14 +373,35 @@ class TrainConfig:
     eval_splits: tuple[Split, ...] = _opt(
         ("dev", "test"), "splits evaluated and summarised (train, dev, test)"
     )
+    accumulate: int = _opt(
+        1,
+        "micro-batches per optimizer step (gradient accumulation, exactly the whole batch's "
+        "update); batch_size must divide by it",
+        min=1,
+    )
+    on_nonfinite: Literal["skip", "stop"] = _opt(
+        "stop",
+        "a NaN/inf loss or gradient leaves the state unchanged; then skip (count it and go "
+        "on) or stop (save the last good state, exit non-zero naming the task and step)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.accumulate:
+            raise ValueError(
+                f"accumulate: batch_size ({self.batch_size}) must divide by it, got "
+                f"{self.accumulate}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class ParallelConfig:
     """Data parallelism across devices."""
 
-    mode: Literal["auto", "none", "mesh"] = _opt(
-        "auto", "auto (mesh when more than one device is visible), none (one device) or mesh"
+    mode: Literal["auto", "none", "mesh", "pmap"] = _opt(
+        "auto",
+        "auto (mesh when more than one device is visible), none (one device), mesh (one "
+        "jitted step over a data-sharded batch) or pmap (per-device step, psum of losses "
+        "and gradients)",
     )
 
 

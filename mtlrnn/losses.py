@@ -110,7 +110,18 @@ def _regression(
 
 
 def group_losses(group: TaskGroup, outputs: chex.Array, batch: Batch) -> chex.Array:
-    """Masked-mean loss of every task in a group, ``[Kg]`` float32.
+    """Masked-mean loss of every task in a group, ``[Kg]`` float32."""
+    sums, counts = group_loss_sums(group, outputs, batch)
+    return sums / jnp.maximum(counts, 1.0)
+
+
+def group_loss_sums(
+    group: TaskGroup, outputs: chex.Array, batch: Batch
+) -> tuple[chex.Array, chex.Array]:
+    """Summed loss and labelled-position count of every task in a group, ``([Kg], [Kg])``.
+
+    The masked mean is ``sums / max(counts, 1)``; sums and counts add up over micro-batches
+    and devices, so the mean over a global batch is exact however it is split.
 
     Args:
       group: the task group.
@@ -135,7 +146,7 @@ def group_losses(group: TaskGroup, outputs: chex.Array, batch: Batch) -> chex.Ar
             jnp.array([s.huber_delta for s in group.specs], jnp.float32),
         )
     axes = tuple(range(1, mask.ndim))
-    return jnp.sum(per * mask, axis=axes) / jnp.maximum(jnp.sum(mask, axis=axes), 1.0)
+    return jnp.sum(per * mask, axis=axes), jnp.sum(mask, axis=axes)
 
 
 def task_losses(
@@ -148,7 +159,30 @@ def task_losses(
       outputs: head outputs by group name, as returned by ``MultiTaskRNN``.
       batch: the batch.
     """
+    sums, counts = task_loss_sums(tasks, outputs, batch)
+    return sums / jnp.maximum(counts, 1.0)
+
+
+def task_counts(tasks: tuple[TaskSpec, ...], batch: Batch) -> chex.Array:
+    """Labelled positions per task in ``batch``, ``[K]`` float32 (no model needed)."""
     groups = group_tasks(tasks)
-    parts = [group_losses(g, outputs[g.name], batch) for g in groups]
+    parts = [jnp.sum(valid_mask(g, batch), axis=tuple(range(1, 2 + (g.level == "token"))))
+             for g in groups]
     order = np.argsort(np.concatenate([np.asarray(g.indices) for g in groups]))
     return jnp.concatenate(parts)[order]
+
+
+def task_loss_sums(
+    tasks: tuple[TaskSpec, ...], outputs: Mapping[str, chex.Array], batch: Batch
+) -> tuple[chex.Array, chex.Array]:
+    """Per-task summed losses and labelled counts ``([K], [K])`` float32, in task order.
+
+    ``task_losses == sums / max(counts, 1)``. Counts depend only on the batch's masks and
+    lengths, not on the parameters.
+    """
+    groups = group_tasks(tasks)
+    parts = [group_loss_sums(g, outputs[g.name], batch) for g in groups]
+    order = np.argsort(np.concatenate([np.asarray(g.indices) for g in groups]))
+    sums = jnp.concatenate([p[0] for p in parts])[order]
+    counts = jnp.concatenate([p[1] for p in parts])[order]
+    return sums, counts

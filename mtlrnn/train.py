@@ -26,6 +26,8 @@ from mtlrnn.gradients import sum_tasks
 from mtlrnn.gradients import vmap_vjp
 from mtlrnn.heads import group_tasks
 from mtlrnn.losses import Batch
+from mtlrnn.losses import task_counts
+from mtlrnn.losses import task_loss_sums
 from mtlrnn.losses import task_losses
 from mtlrnn.metrics import Stats
 from mtlrnn.metrics import batch_stats
@@ -192,6 +194,15 @@ def shared_dim(model: MultiTaskRNN, params: Mapping[str, Any]) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(shared)))
 
 
+def _split_micro(batch: Batch, accumulate: int) -> Batch:
+    """``[B, ...]`` leaves -> ``[accumulate, B / accumulate, ...]`` (consecutive rows)."""
+
+    def split(x: chex.Array) -> chex.Array:
+        return x.reshape(accumulate, x.shape[0] // accumulate, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
 def make_train_step(
     model: MultiTaskRNN,
     optimizer: optax.GradientTransformation,
@@ -200,19 +211,35 @@ def make_train_step(
     *,
     grad_mode: str = "full",
     chunk_size: int = 0,
+    accumulate: int = 1,
+    axis_name: str | None = None,
 ) -> StepFn:
     """The (un-jitted) train step ``(state, batch) -> (state, metrics)``.
 
     metrics: ``losses [K]``, ``loss`` (``sum_k weights_k * losses_k``), ``weights [K]`` (the
     method's weights, or for a gradient method that defines none the least-squares
     coefficients of its update on the task gradients: see
-    :func:`mtlrnn.gradients.effective_weights`), ``grad_norm``,
-    ``lr``, ``tokens`` (valid time steps in the batch).
+    :func:`mtlrnn.gradients.effective_weights`), ``grad_norm``, ``lr``, ``tokens`` (valid
+    time steps in the batch), ``nonfinite`` (1 if a loss or the gradient was NaN/inf: the
+    step was then skipped) and ``finite_losses [K]`` (which task losses were finite).
 
     Loss-based strategies take one backward pass: the VJP of the loss vector with the
     (stop-gradient) weights as cotangent is the gradient of ``sum_k w_k * loss_k``. Gradient
     strategies get per-task gradients in ``grad_mode`` (see :mod:`mtlrnn.gradients`); head
     parameters always receive their own task's gradient.
+
+    Every per-task loss is a masked mean over the *global* batch: with ``accumulate = m`` the
+    batch is split into ``m`` micro-batches of consecutive rows and with ``axis_name`` (inside
+    ``pmap``/``shard_map``) it is spread over devices; each part contributes its loss *sum*
+    divided by the global label count, so losses, per-task gradients and Jacobians are exactly
+    those of the whole batch before the strategy sees them (with dropout off, the same numbers
+    as one big batch on one device up to float summation order). Loss-based methods with
+    ``m > 1`` run one extra forward pass (the weights need the global losses before the
+    backward passes). ``representation`` mode needs ``m = 1`` and no ``axis_name``.
+
+    A step whose losses or gradient are not finite leaves params, optimizer and weighting
+    state unchanged (``step`` still advances, so the data position and randomness move on)
+    and reports ``nonfinite = 1``; the caller decides to skip or stop.
     """
     tasks = model.tasks
     num_tasks = len(tasks)
@@ -223,31 +250,81 @@ def make_train_step(
             f"weighting.mode: {strategy.name!r} cannot run in mode {grad_mode!r}; "
             f"allowed: {', '.join(strategy.modes)}"
         )
+    if accumulate < 1:
+        raise ValueError(f"train.accumulate: must be >= 1, got {accumulate}")
+    if strategy.requires == "grads" and grad_mode == "representation" and (
+        accumulate > 1 or axis_name is not None
+    ):
+        raise ValueError(
+            "weighting.mode: representation needs the whole batch's activations in one place; "
+            "use full or gramian with train.accumulate > 1 or parallel.mode pmap"
+        )
+
+    def psum(x: Any) -> Any:
+        return x if axis_name is None else jax.lax.psum(x, axis_name)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, chex.Array]]:
         key = jax.random.fold_in(state.rng, state.step)
         drop_key, weight_key = jax.random.split(key)
-        inputs, lengths = batch["inputs"], batch["lengths"]
+        if axis_name is not None:
+            drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(axis_name))
+        # Global label counts: constants of the step, known before any forward pass.
+        denom = jnp.maximum(psum(task_counts(tasks, batch)), 1.0)
 
-        def loss_vector(params: Any) -> chex.Array:
+        def partial_losses(params: Any, mb: Batch, k: chex.PRNGKey) -> chex.Array:
+            """This part's contribution to the global loss vector ``[K]``."""
             outputs = model.apply(
                 {"params": params},
-                inputs,
-                lengths,
-                batch.get("chars"),
+                mb["inputs"],
+                mb["lengths"],
+                mb.get("chars"),
                 train=True,
-                rngs={"dropout": drop_key},
+                rngs={"dropout": k},
             )
-            return task_losses(tasks, outputs, batch)
+            sums, _ = task_loss_sums(tasks, outputs, mb)
+            return sums / denom
+
+        micro = _split_micro(batch, accumulate) if accumulate > 1 else None
+        micro_keys = jax.random.split(drop_key, accumulate) if accumulate > 1 else None
+
+        def over_micro(fn: Callable[[Batch, chex.PRNGKey], Any]) -> Any:
+            """``sum_i fn(micro_batch_i, key_i)`` (a pytree), via lax.scan."""
+            if micro is None:
+                return fn(batch, drop_key)
+            first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], micro), micro_keys[0])
+            zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
+
+            def body(acc: Any, xs: tuple[Batch, chex.PRNGKey]) -> tuple[Any, None]:
+                return jax.tree.map(jnp.add, acc, fn(*xs)), None
+
+            total, _ = jax.lax.scan(body, zero, (micro, micro_keys))
+            return total
+
+        def global_losses(params: Any) -> chex.Array:
+            return psum(over_micro(lambda mb, k: partial_losses(params, mb, k)))
 
         wstate = state.weight_state
         effective = jnp.full((num_tasks,), jnp.nan, jnp.float32)
         if strategy.requires == "losses":
-            losses, vjp = jax.vjp(loss_vector, state.params)
+            if micro is None:
+                part, vjp = jax.vjp(lambda p: partial_losses(p, batch, drop_key), state.params)
+                losses = psum(part)
+            else:
+                losses = global_losses(state.params)
             weights, wstate, info = strategy.combine(
                 wstate, jax.lax.stop_gradient(losses), key=weight_key
             )
-            (grads,) = vjp(jax.lax.stop_gradient(weights).astype(losses.dtype))
+            cot = jax.lax.stop_gradient(weights).astype(losses.dtype)
+            if micro is None:
+                (grads,) = vjp(cot)
+            else:
+
+                def micro_grads(mb: Batch, k: chex.PRNGKey) -> Any:
+                    _, vjp_i = jax.vjp(lambda p: partial_losses(p, mb, k), state.params)
+                    return vjp_i(cot)[0]
+
+                grads = over_micro(micro_grads)
+            grads = psum(grads)
         elif grad_mode == "representation":
             losses, grads, wstate, info = _representation_grads(
                 model, state.params, batch, drop_key, strategy, wstate, weight_key, chunk_size
@@ -255,8 +332,15 @@ def make_train_step(
             effective = info.pop("effective_weights")
         else:
             shared, heads = split_params(model, state.params)
-            losses, vjp = jax.vjp(lambda s, h: loss_vector({**s, **h}), shared, heads)
-            jac_shared, jac_heads = vmap_vjp(vjp, num_tasks, chunk_size=chunk_size)
+
+            def micro_jacobian(mb: Batch, k: chex.PRNGKey) -> tuple[chex.Array, Any, Any]:
+                part, vjp = jax.vjp(
+                    lambda s, h: partial_losses({**s, **h}, mb, k), shared, heads
+                )
+                js, jh = vmap_vjp(vjp, num_tasks, chunk_size=chunk_size)
+                return part, js, jh
+
+            losses, jac_shared, jac_heads = psum(over_micro(micro_jacobian))
             if grad_mode == "full":
                 direction, wstate, info = strategy.combine(
                     wstate, losses, jac_shared, key=weight_key
@@ -279,16 +363,26 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         if strategy.after_update is not None:
             wstate = strategy.after_update(
-                wstate, jax.lax.stop_gradient(losses), loss_vector(params)
+                wstate, jax.lax.stop_gradient(losses), global_losses(params)
             )
+        grad_norm = optax.tree.norm(grads)
+        finite_losses = jnp.isfinite(losses)
+        finite = jnp.all(finite_losses) & jnp.isfinite(grad_norm)
         metrics = {
             "losses": losses,
             "loss": jnp.sum(weights * losses),
             "weights": weights,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "lr": schedule(state.step) if schedule is not None else jnp.nan,
-            "tokens": jnp.sum(lengths),
+            "tokens": psum(jnp.sum(batch["lengths"])),
+            "nonfinite": (~finite).astype(jnp.int32),
+            "finite_losses": finite_losses,
         }
+        updated = (params, opt_state, wstate)
+        kept = (state.params, state.opt_state, state.weight_state)
+        params, opt_state, wstate = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), updated, kept
+        )
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, weight_state=wstate
         )

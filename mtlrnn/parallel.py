@@ -1,0 +1,119 @@
+"""Where arrays live and how the train step is compiled: one device, a mesh, or pmap.
+
+``parallel.mode``:
+
+- ``none``: one device; ``jax.jit`` with the state donated.
+- ``mesh`` (``auto`` picks it when more than one device is visible): a ``jax.sharding.Mesh``
+  over all devices with one ``data`` axis; the batch is sharded along its leading axis, the
+  state replicated, and one jitted step sees the global batch (XLA inserts the reductions).
+- ``pmap``: the classic per-device step: ``jax.pmap`` over all local devices with axis
+  ``data``; each device takes ``B / n`` rows and the step ``psum``s per-task loss sums, label
+  counts and gradients (or per-task Jacobians) before the weighting method combines them
+  (see :func:`mtlrnn.train.make_train_step`), so every method sees the global batch.
+
+In every mode the per-task losses and gradients are those of the whole global batch, so the
+three modes give the same training run up to float summation order (tests check 1e-5).
+Batch sizes must divide by the device count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+from mtlrnn.config import ConfigError
+
+AXIS = "data"
+
+
+class Placement:
+    """Device placement for one run (see the module docstring).
+
+    Attributes:
+      mode: the resolved mode, ``none``, ``mesh`` or ``pmap``.
+      mesh: the mesh (``mesh`` mode) or ``None``.
+      num_devices: devices the batch is spread over.
+      axis_name: ``"data"`` in pmap mode (pass it to ``make_train_step``), else ``None``.
+    """
+
+    def __init__(self, mode: str, batch_sizes: tuple[int, ...] = ()) -> None:
+        devices = jax.local_devices() if mode == "pmap" else jax.devices()
+        if mode == "auto":
+            mode = "mesh" if len(devices) > 1 else "none"
+        if mode not in ("none", "mesh", "pmap"):
+            raise ConfigError(f"parallel.mode: must be auto, none, mesh or pmap; got {mode!r}")
+        self.mode = mode
+        self.devices = devices if mode != "none" else devices[:1]
+        self.mesh = Mesh(np.array(devices), (AXIS,)) if mode == "mesh" else None
+        self.num_devices = len(self.devices)
+        self.axis_name = AXIS if mode == "pmap" else None
+        keys = ("train.batch_size", "train.eval_batch_size")
+        for key, size in zip(keys, batch_sizes, strict=False):
+            if mode != "none" and size % self.num_devices:
+                raise ConfigError(
+                    f"{key}: must be divisible by the {self.num_devices} devices of "
+                    f"parallel.mode {mode}; got {size}"
+                )
+
+    def batch(self, batch: Mapping[str, Any]) -> Any:
+        """Move a host batch ``[B, ...]`` to the device(s) (``[n, B / n, ...]`` for pmap)."""
+        if self.mode == "none":
+            return jax.device_put(batch)
+        if self.mode == "mesh":
+            return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec(AXIS)))
+        n = self.num_devices
+        split = jax.tree.map(lambda x: np.reshape(x, (n, -1, *np.shape(x)[1:])), batch)
+        return _put_pmap(split, self.devices)
+
+    def eval_batch(self, batch: Mapping[str, Any]) -> Any:
+        """Evaluation runs jitted on the global batch (a mesh in pmap mode too: no psum)."""
+        if self.mode == "pmap":
+            return jax.device_put(batch, self.devices[0])
+        return self.batch(batch)
+
+    def state(self, state: Any) -> Any:
+        """Move the train state to the device(s): replicated (a leading device axis in pmap)."""
+        if self.mode == "none":
+            return jax.device_put(state, self.devices[0])
+        if self.mode == "mesh":
+            return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+        return _put_pmap(jax.tree.map(lambda x: _stack([x] * self.num_devices), state),
+                         self.devices)
+
+    def unreplicate(self, tree: Any) -> Any:
+        """One copy of a replicated tree (device 0's in pmap mode; identity otherwise)."""
+        if self.mode != "pmap":
+            return tree
+        return jax.tree.map(lambda x: x[0], tree)
+
+    def compile_step(self, step_fn: Callable[..., Any]) -> Any:
+        """``step_fn`` jitted (``none``/``mesh``) or pmapped over ``data``, state donated."""
+        if self.mode == "pmap":
+            return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=0, devices=self.devices)
+        return jax.jit(step_fn, donate_argnums=0)
+
+    def step_metrics(self, metrics: Any) -> Any:
+        """Host copies of a step's metrics (identical on every device in pmap mode)."""
+        return jax.device_get(self.unreplicate(metrics))
+
+
+def _stack(xs: list[Any]) -> Any:
+    x = xs[0]
+    if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jnp.stack([jax.random.key_data(k) for k in xs]))
+    return jnp.stack(xs)
+
+
+def _put_pmap(tree: Any, devices: list[Any]) -> Any:
+    """Leaves ``[n, ...]`` for a pmapped call: pmap places slice ``i`` on device ``i`` itself
+    (its outputs are then already laid out that way for the next step)."""
+    del devices
+    return tree
