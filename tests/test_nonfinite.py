@@ -1,0 +1,50 @@
+"""Non-finite losses or gradients are detected inside the step and leave the state unchanged."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from mtlrnn.config import load_config
+from mtlrnn.config import resolve_tasks
+from mtlrnn.data.batching import train_batches
+from mtlrnn.sources import load_data
+from mtlrnn.train import build_model
+from mtlrnn.train import build_strategy
+from mtlrnn.train import create_train_state
+from mtlrnn.train import make_optimizer
+from mtlrnn.train import make_train_step
+
+
+@pytest.mark.parametrize("name, mode", [("equal", "full"), ("pcgrad", "full"), ("uw", "full")])
+def test_nan_label_skips_the_update_and_names_the_task(tiny_overrides, name, mode):
+    cfg = load_config(None, [*tiny_overrides, f"weighting.name={name}", f"weighting.mode={mode}"])
+    data = load_data(cfg.data)
+    tasks = resolve_tasks(cfg.tasks, data.tasks)
+    model = build_model(cfg.model, tasks, vocab_size=data.vocab_size)
+    tx, schedule = make_optimizer(cfg.optimizer, 10)
+    strategy = build_strategy(cfg.weighting, tasks)
+    stream = train_batches(data.splits["train"], tasks, batch_size=16, buckets=(16,), seed=0)
+    good, bad = next(stream), next(stream)
+    bad = {**bad, "labels": {**bad["labels"], "seq_value": np.full_like(
+        bad["labels"]["seq_value"], np.nan)}}
+    state = create_train_state(model, tx, strategy, good, seed=0)
+    step = jax.jit(make_train_step(model, tx, strategy, schedule, grad_mode=mode))
+    state, m = step(state, good)
+    assert int(m["nonfinite"]) == 0
+    before = jax.device_get(state)
+    state, m = step(state, bad)
+    assert int(m["nonfinite"]) == 1
+    names = [t.name for t in tasks]
+    finite = dict(zip(names, np.asarray(m["finite_losses"]).tolist(), strict=True))
+    assert finite == {n: n != "seq_value" for n in names}
+    after = jax.device_get(state)
+    assert int(after.step) == int(before.step) + 1  # the data position moves on
+    for a, b in zip(jax.tree.leaves((before.params, before.opt_state, before.weight_state)),
+                    jax.tree.leaves((after.params, after.opt_state, after.weight_state)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    state, m = step(state, good)  # and training goes on from the last good state
+    assert int(m["nonfinite"]) == 0
+    assert np.all(np.isfinite(np.asarray(m["losses"])))
