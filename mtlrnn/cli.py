@@ -1,8 +1,9 @@
 """Command line: ``mtlrnn train``, ``eval``, ``compare`` and ``predict``. Thin: parses, then
 calls the library.
 
-Exit codes: 0 success, 2 bad input (config, flags or data), with one line on stderr that
-names the key and what is allowed.
+Exit codes: 0 success (also a training run stopped by SIGTERM or SIGINT after saving a
+checkpoint: rerun the same command to resume), 2 bad input (config, flags or data), with
+one line on stderr that names the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             cfg = load_config(args.config, args.overrides)
             summary = fit(cfg, args.workdir, verbose=not args.quiet)
+            if summary.get("interrupted"):
+                # Stopped by SIGTERM/SIGINT after a checkpoint (fit printed the line): a clean
+                # stop, and rerunning the same command resumes.
+                return 0
             if args.quiet:
                 print(json.dumps(json_safe(summary["eval"]), sort_keys=True))
         elif args.command == "compare":

@@ -2,17 +2,22 @@
 
 ``fit(config, workdir) -> summary`` is the whole ``mtlrnn train``; ``evaluate(workdir)`` is
 ``mtlrnn eval``. A workdir receives config.yaml (resolved), metrics.jsonl, summary.json,
-checkpoints/ and plots/.
+checkpoints/ and plots/. Running ``fit`` again on a workdir with checkpoints resumes the run
+exactly (see :func:`fit`); SIGTERM and SIGINT stop it after a checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
+import math
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -32,6 +37,7 @@ from mtlrnn.config import default_config
 from mtlrnn.config import dump_yaml
 from mtlrnn.config import load_config
 from mtlrnn.config import resolve_tasks
+from mtlrnn.config import to_dict
 from mtlrnn.data.batching import bucket_lengths
 from mtlrnn.data.batching import eval_batches
 from mtlrnn.data.batching import train_batches
@@ -177,6 +183,278 @@ def _label_counts(tasks: tuple[TaskSpec, ...], batch: Mapping[str, Any]) -> np.n
     return np.asarray(out)
 
 
+# Config keys that may change when a run resumes: they do not alter the sequence of updates.
+# (train.steps sets the length of the learning-rate schedule: extending a run continues it
+# with the schedule of the new length.) Every other key fixes the trajectory.
+RESUMABLE_KEYS = (
+    "train.steps",
+    "train.eval_every",
+    "train.log_every",
+    "train.eval_splits",
+    "train.eval_batch_size",
+    "logging.",
+    "checkpoint.",
+    "parallel.",
+)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def trajectory_config(cfg: Config) -> dict[str, Any]:
+    """The dotted config keys that fix a run's sequence of updates, with their values.
+
+    Everything except :data:`RESUMABLE_KEYS`; a checkpoint stores these, and resuming with
+    a config that differs in any of them is refused.
+    """
+    return {
+        key: value
+        for key, value in _flatten(to_dict(cfg)).items()
+        if not any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_KEYS)
+    }
+
+
+def _config_sha256(values: Mapping[str, Any]) -> str:
+    text = json.dumps(values, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _run_meta(cfg: Config) -> dict[str, Any]:
+    """The JSON meta item stored with every checkpoint of a run (its step is added per save)."""
+    from mtlrnn import __version__
+
+    frozen = trajectory_config(cfg)
+    return {
+        "seed": cfg.train.seed,
+        "batch_size": cfg.train.batch_size,
+        "config_sha256": _config_sha256(frozen),
+        "config": frozen,
+        "mtlrnn_version": __version__,
+        "jax_version": jax.__version__,
+    }
+
+
+_ABSENT = "<absent>"
+
+
+def _check_resumable(meta: Mapping[str, Any], cfg: Config, workdir: str) -> None:
+    """Raise ConfigError when ``cfg`` would not continue the run whose checkpoint has ``meta``."""
+    old = meta.get("config")
+    if not isinstance(old, Mapping):
+        raise ConfigError(
+            f"--workdir: the checkpoint at step {meta.get('step')} in {workdir} has no config "
+            "record (written by an older mtlrnn?); it cannot be resumed: use a new --workdir"
+        )
+    new = trajectory_config(cfg)
+    if meta.get("config_sha256") == _config_sha256(new) and dict(old) == new:
+        return
+    keys = list(new) + [k for k in old if k not in new]
+    diffs = [k for k in keys if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    if not diffs:
+        return
+    first = diffs[0]
+    more = ""
+    if len(diffs) > 1:
+        more = "; also " + ", ".join(
+            f"{k} ({old.get(k, _ABSENT)!r} -> {new.get(k, _ABSENT)!r})" for k in diffs[1:4]
+        )
+        if len(diffs) > 4:
+            more += f" and {len(diffs) - 4} more"
+    allowed = ", ".join(p + "*" if p.endswith(".") else p for p in RESUMABLE_KEYS)
+    raise ConfigError(
+        f"{first}: cannot change when resuming the run in {workdir} (checkpoint at step "
+        f"{meta.get('step')}): it was {old.get(first, _ABSENT)!r}, the config now gives "
+        f"{new.get(first, _ABSENT)!r}{more}; allowed to change on resume: {allowed}; "
+        "restore the old value, or use a new --workdir (or checkpoint.resume=false with an "
+        "empty one) for a new run"
+    )
+
+
+def _check_best_metric(cfg: Config, tasks: tuple[TaskSpec, ...]) -> None:
+    key = cfg.checkpoint.best_metric
+    if not key:
+        return
+    split, task, metric = key.split("/")
+    where = f"checkpoint.best_metric: {key!r}"
+    if not cfg.checkpoint.enabled:
+        raise ConfigError(f"{where} needs checkpoint.enabled=true")
+    if cfg.train.eval_every == 0:
+        raise ConfigError(
+            f"{where} is chosen at the periodic evaluations, but train.eval_every is 0; "
+            "set train.eval_every to a number of steps, or best_metric to ''"
+        )
+    if split not in cfg.train.eval_splits:
+        raise ConfigError(
+            f"{where}: split {split!r} is not evaluated; train.eval_splits is "
+            f"{list(cfg.train.eval_splits)}"
+        )
+    specs = {t.name: t for t in tasks}
+    if task not in specs:
+        raise ConfigError(
+            f"{where}: task {task!r} is not trained; the tasks are {', '.join(specs)}"
+        )
+    if metric not in specs[task].metrics:
+        raise ConfigError(
+            f"{where}: metric {metric!r} is not computed for {task}; its metrics are "
+            f"{', '.join(specs[task].metrics)}"
+        )
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _restore_for_resume(
+    ckpt_dir: str, target: TrainState, cfg: Config, workdir: str
+) -> tuple[TrainState, dict[str, Any]] | None:
+    """The latest good checkpoint of the run in ``workdir`` (see :func:`fit`), or None."""
+    try:
+        return checkpoint.restore_latest_good(
+            ckpt_dir,
+            target,
+            check_meta=lambda meta: _check_resumable(meta, cfg, workdir),
+            warn=_warn,
+        )
+    except RuntimeError as e:
+        raise ConfigError(
+            f"--workdir: {e}; nothing was moved or deleted. If the data files changed "
+            f"since the run started, restore them; otherwise move {ckpt_dir} away to "
+            "start the run afresh"
+        ) from None
+
+
+def _finished_summary(workdir: str, step: int) -> dict[str, Any] | None:
+    """summary.json of the run in ``workdir`` if it describes a run that ended at ``step``."""
+    path = os.path.join(workdir, "summary.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+        return summary if summary["run"]["steps"] == step else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _kept_history(workdir: str, step: int, *, final: bool) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl that a run resumed at ``step`` keeps.
+
+    Records after ``step`` are dropped (they are logged again), and when ``final`` (the
+    resumed run only has its final evaluation left) the evaluation at ``step`` too. The file
+    is renamed to metrics.jsonl.resume until the kept records are rewritten, so that a kill
+    in between loses nothing: the next resume reads the renamed file.
+    """
+    path = os.path.join(workdir, METRICS_FILE)
+    backup = path + ".resume"
+    source = backup if os.path.isfile(backup) else path
+    kept: list[dict[str, Any]] = []
+    if step > 0 and os.path.isfile(source):
+        with open(source, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    at = int(record["step"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # e.g. a last line cut short by a kill
+                if at < step or (at == step and not (final and "eval" in record)):
+                    kept.append(record)
+    if source == path and os.path.isfile(path):
+        os.replace(path, backup)
+    return kept
+
+
+def _replay_history(writer: MetricsWriter, records: list[dict[str, Any]]) -> None:
+    """Write ``records`` back to the fresh metrics.jsonl (not to TensorBoard, which has them)."""
+    tensorboard, writer._tb = writer._tb, None
+    try:
+        for record in records:
+            writer.write(record)
+    finally:
+        writer._tb = tensorboard
+    backup = writer.path + ".resume"
+    if os.path.isfile(backup):
+        os.remove(backup)
+
+
+class _StopRequest:
+    """SIGTERM and SIGINT handlers that ask the training loop to stop after the current step.
+
+    :meth:`install` (or entering the context) sets the handlers, in the main thread only
+    (Python delivers signals there, and other threads cannot set handlers); :meth:`restore`
+    (or leaving it) puts the previous ones back. A second signal raises KeyboardInterrupt.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Install the handlers (in the main thread only; elsewhere nothing happens)."""
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous = {}
+
+    def __enter__(self) -> _StopRequest:
+        self.install()
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fault:
+    """A testing hook: send ``signal`` to this process right after step ``step``."""
+
+    step: int
+    signal: signal.Signals
+
+    @staticmethod
+    def from_env() -> _Fault | None:
+        raw = os.environ.get("MTLRNN_FAULT_SIGNAL_AT_STEP", "")
+        if not raw:
+            return None
+        name = os.environ.get("MTLRNN_FAULT_SIGNAL", "TERM").upper().removeprefix("SIG")
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"MTLRNN_FAULT_SIGNAL_AT_STEP: must be a step >= 1, got {raw!r}")
+        if name not in ("KILL", "TERM", "INT"):
+            raise ConfigError(f"MTLRNN_FAULT_SIGNAL: must be KILL, TERM or INT, got {name!r}")
+        return _Fault(int(raw), signal.Signals[f"SIG{name}"])
+
+    def fire(self, ckpts: checkpoint.RunCheckpoints | None) -> None:
+        # Saves issued at earlier steps land first, so that a test knows which checkpoints
+        # exist; a save issued at this very step stays in flight, as in a kill mid-save.
+        if ckpts is not None and ckpts.last_saved != self.step:
+            ckpts.wait()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.signal == signal.SIGKILL:
+            os.kill(os.getpid(), signal.SIGKILL)
+        # raise_signal runs the Python handler before it returns.
+        signal.raise_signal(self.signal)
+
+
 def fit(
     config: Config | None = None,
     workdir: str | os.PathLike | None = None,
@@ -184,6 +462,35 @@ def fit(
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate one run; returns the summary (also written to summary.json).
+
+    Checkpoints (``checkpoint.*``, layout in :mod:`mtlrnn.checkpoint`): the state is saved
+    every ``checkpoint.every`` steps and at the end, the last ``checkpoint.keep`` are kept,
+    and with ``checkpoint.best_metric`` the best one by that metric under checkpoints/best.
+    Asynchronous saves are finished before fit returns, whatever the way out.
+
+    Resume: a workdir with checkpoints continues from its latest good checkpoint (with
+    ``checkpoint.resume``; else it is refused). The config may differ from the run's only
+    in :data:`RESUMABLE_KEYS` (ConfigError otherwise, naming the key); the data stream
+    restarts at the checkpoint's step and metrics.jsonl keeps the records up to it, so a
+    resumed run ends with the same parameters as an uninterrupted one. A damaged or
+    unfinished latest checkpoint is moved aside (``checkpoints/corrupt-<step>-<time>``) with
+    a warning and the previous good one is used; when finished checkpoints exist but none
+    restores, fit raises ConfigError and moves nothing. Only unfinished saves (a kill during
+    the first save) mean a fresh start, which then loses nothing. A run whose last
+    checkpoint is at ``train.steps`` and whose summary.json describes it is complete: fit
+    says so and returns that summary.
+
+    Signals: SIGTERM or SIGINT during training finishes the current step, saves a
+    checkpoint, waits for pending saves, prints one line and returns
+    ``{"interrupted": True, "signal": name, "step": n, "workdir": dir}`` (no evaluation, no
+    summary.json). A second signal raises KeyboardInterrupt. Handlers are installed only in
+    the main thread and the previous ones are restored when fit returns.
+
+    Testing hooks (environment variables, for deterministic fault tests; not for use in
+    runs): ``MTLRNN_FAULT_SIGNAL_AT_STEP=N`` with ``MTLRNN_FAULT_SIGNAL=KILL|TERM|INT``
+    (default TERM) sends that signal to this process right after step ``N`` completes and
+    after its checkpoint save, if any, was issued; saves issued at earlier steps are waited
+    for first, a save issued at step ``N`` is left in flight.
 
     Args:
       config: the experiment (default: :func:`mtlrnn.config.default_config`).
@@ -193,7 +500,10 @@ def fit(
     cfg = config or default_config()
     cfg = dataclasses.replace(cfg, data=absolute_paths(cfg.data))
     workdir = os.fspath(workdir) if workdir is not None else _default_workdir(cfg.data.source)
-    _check_workdir(workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    resumable = cfg.checkpoint.enabled and cfg.checkpoint.resume
+    if not resumable:
+        _check_workdir(workdir)
     wall0 = time.perf_counter()
 
     # Everything that can fail on user input happens before any compilation.
@@ -211,16 +521,14 @@ def fit(
                 f"train.eval_splits: unknown split {split!r}; the data has "
                 f"{', '.join(suite.splits)}"
             )
+    _check_best_metric(cfg, tasks)
+    fault = _Fault.from_env()
+    if resumable:
+        meta = checkpoint.read_latest_meta(ckpt_dir)
+        if meta is not None:
+            _check_resumable(meta, cfg, workdir)  # before building anything
     buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
     placement = Placement(cfg.parallel.mode, (cfg.train.batch_size, cfg.train.eval_batch_size))
-
-    os.makedirs(workdir, exist_ok=True)
-    dump_yaml(cfg, os.path.join(workdir, "config.yaml"))
-    if suite.text is not None:
-        with open(os.path.join(workdir, VOCAB_FILE), "w", encoding="utf-8") as f:
-            json.dump(suite.text.vocab_dict(), f, ensure_ascii=False)
-    if verbose:
-        print(suite.description, file=sys.stderr)
 
     model = model_for(cfg, tasks, suite)
     optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
@@ -233,7 +541,51 @@ def fit(
     )
     first = next(stream)
     state = create_train_state(model, optimizer, strategy, first, seed=cfg.train.seed)
+
+    # Resume: the state and the position in the data stream (the step).
+    start = 0
+    leftovers = resumable and checkpoint.has_checkpoints(ckpt_dir)
+    found = _restore_for_resume(ckpt_dir, state, cfg, workdir) if leftovers else None
+    if leftovers and found is None:
+        _warn(f"mtlrnn: no finished checkpoint in {ckpt_dir}; starting the run from step 0")
+    if found is not None:
+        state, meta = found
+        start = int(meta["step"])
+        if start > cfg.train.steps:
+            raise ConfigError(
+                f"train.steps: the run in {workdir} is already at step {start} > "
+                f"train.steps={cfg.train.steps}; train.steps can only grow on resume"
+            )
+        summary = _finished_summary(workdir, start) if start == cfg.train.steps else None
+        if summary is not None:
+            _warn(
+                f"mtlrnn: the run in {workdir} is already complete (step {start}); nothing "
+                f"to train (mtlrnn eval --workdir {workdir} evaluates it again)"
+            )
+            return summary
+        _warn(f"mtlrnn: resumed from step {start} ({os.path.join(ckpt_dir, str(start))})")
+        if os.path.isfile(os.path.join(workdir, "summary.json")):
+            os.remove(os.path.join(workdir, "summary.json"))  # it described a shorter run
+        stream = train_batches(
+            suite.splits["train"],
+            tasks,
+            batch_size=cfg.train.batch_size,
+            buckets=buckets,
+            seed=cfg.train.seed,
+            start_step=start,
+        )
+
+    # A restored state is placed like a fresh one, so the step compiles identically.
     state = placement.state(state)
+
+    os.makedirs(workdir, exist_ok=True)
+    dump_yaml(cfg, os.path.join(workdir, "config.yaml"))
+    if suite.text is not None:
+        with open(os.path.join(workdir, VOCAB_FILE), "w", encoding="utf-8") as f:
+            json.dump(suite.text.vocab_dict(), f, ensure_ascii=False)
+    if verbose:
+        print(suite.description, file=sys.stderr)
+
     step_fn = make_train_step(
         model,
         optimizer,
@@ -245,105 +597,173 @@ def fit(
     step_jit = jax.jit(step_fn, donate_argnums=0)
     eval_jit = jax.jit(make_eval_step(model))
 
+    kept = _kept_history(workdir, start, final=start == cfg.train.steps)
     writer = MetricsWriter(workdir, tensorboard=cfg.logging.tensorboard)
-    compiled: dict[tuple[int, ...], Any] = {}
-    compile_s = 0.0
-    step_times: list[float] = []
-    timed_tokens = 0
-    window: list[tuple[float, int]] = []
-    evals: dict[str, Any] = {}
-
+    _replay_history(writer, kept)
+    ckpts = None
     bar = None
-    if verbose and cfg.logging.progress:
-        from tqdm import tqdm
+    stop = _StopRequest()
+    try:
+        stop.install()
+        if cfg.checkpoint.enabled:
+            ckpts = checkpoint.RunCheckpoints(
+                ckpt_dir,
+                keep=cfg.checkpoint.keep,
+                async_save=cfg.checkpoint.async_save,
+                meta=_run_meta(cfg),
+                best_metric=cfg.checkpoint.best_metric,
+                best_mode=cfg.checkpoint.best_mode,
+                warn=_warn,
+            )
+        compiled: dict[tuple[int, ...], Any] = {}
+        compile_s = 0.0
+        step_times: list[float] = []
+        timed_tokens = 0
+        window: list[tuple[float, int]] = []
+        evals: dict[str, Any] = {}
 
-        bar = tqdm(total=cfg.train.steps, desc="train", unit="step", file=sys.stderr)
+        if verbose and cfg.logging.progress:
+            from tqdm import tqdm
 
-    batch = first
-    for step in range(cfg.train.steps):
-        if step > 0:
-            batch = next(stream)
-        device_batch = placement.batch(batch)
-        shape = tuple(np.shape(batch["inputs"]))
-        if shape not in compiled:
+            bar = tqdm(
+                total=cfg.train.steps, initial=start, desc="train", unit="step", file=sys.stderr
+            )
+
+        stopped_at = None
+        # One iteration: step, log, evaluate (and maybe save the best), save, then stop
+        # if a signal asked to. Records of a step are written before its checkpoint, so a
+        # resume from that checkpoint keeps them.
+        batch = first
+        for step in range(start, cfg.train.steps):
+            if step > 0:
+                batch = next(stream)
+            device_batch = placement.batch(batch)
+            shape = tuple(np.shape(batch["inputs"]))
+            if shape not in compiled:
+                t0 = time.perf_counter()
+                compiled[shape] = step_jit.lower(state, device_batch).compile()
+                compile_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            compiled[shape] = step_jit.lower(state, device_batch).compile()
-            compile_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        state, metrics = compiled[shape](state, device_batch)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        tokens = int(metrics["tokens"])
-        step_times.append(elapsed)
-        timed_tokens += tokens
-        window.append((elapsed, tokens))
+            state, metrics = compiled[shape](state, device_batch)
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - t0
+            tokens = int(metrics["tokens"])
+            step_times.append(elapsed)
+            timed_tokens += tokens
+            window.append((elapsed, tokens))
 
-        done = step + 1
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-            seconds = sum(w[0] for w in window)
-            record = {
-                "step": done,
-                "loss": float(metrics["loss"]),
-                "losses": _task_dict(tasks, metrics["losses"]),
-                "weights": _task_dict(tasks, metrics["weights"]),
-                "lr": float(metrics["lr"]),
-                "grad_norm": float(metrics["grad_norm"]),
-                "tokens_per_s": sum(w[1] for w in window) / max(seconds, 1e-9),
-                "step_time_ms": 1e3 * statistics.median(w[0] for w in window),
-            }
-            writer.write(record)
-            window = []
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                seconds = sum(w[0] for w in window)
+                record = {
+                    "step": done,
+                    "loss": float(metrics["loss"]),
+                    "losses": _task_dict(tasks, metrics["losses"]),
+                    "weights": _task_dict(tasks, metrics["weights"]),
+                    "lr": float(metrics["lr"]),
+                    "grad_norm": float(metrics["grad_norm"]),
+                    "tokens_per_s": sum(w[1] for w in window) / max(seconds, 1e-9),
+                    "step_time_ms": 1e3 * statistics.median(w[0] for w in window),
+                }
+                writer.write(record)
+                window = []
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}"
+                    )
             if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                bar.update(1)
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
+                evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
+                writer.write({"step": done, "eval": _flat_eval(evals)})
+                _save_if_best(ckpts, cfg, evals, state)
+            every = cfg.checkpoint.every
+            if ckpts is not None and (done == cfg.train.steps or (every and done % every == 0)):
+                ckpts.save(state)
+            if fault is not None and done == fault.step:
+                fault.fire(ckpts)
+            if stop.signal is not None:
+                stopped_at = done
+                if ckpts is not None:
+                    ckpts.save(state)
+                break
         if bar is not None:
-            bar.update(1)
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
-            evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
-            writer.write({"step": done, "eval": _flat_eval(evals)})
-    if bar is not None:
-        bar.close()
+            bar.close()
+        if ckpts is not None:
+            ckpts.wait()
 
-    evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
-    writer.write({"step": cfg.train.steps, "eval": _flat_eval(evals)})
+        if stopped_at is not None:
+            saved = (
+                "checkpoint saved; rerun the same command to resume"
+                if ckpts is not None
+                else "checkpoints are disabled (checkpoint.enabled=false), nothing saved"
+            )
+            _warn(f"mtlrnn: stopped by {stop.signal} at step {stopped_at}; {saved}")
+            return {
+                "interrupted": True,
+                "signal": stop.signal,
+                "step": stopped_at,
+                "workdir": workdir,
+            }
 
-    if cfg.checkpoint.enabled:
-        mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep)
-        checkpoint.save(mngr, state)
-        mngr.wait_until_finished()
-        mngr.close()
+        evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
+        writer.write({"step": cfg.train.steps, "eval": _flat_eval(evals)})
+        _save_if_best(ckpts, cfg, evals, state)
+        if ckpts is not None:
+            ckpts.wait()  # summary.json only ever describes checkpoints on disk
 
-    median_ms = 1e3 * statistics.median(step_times)
-    summary = {
-        "eval": {split: res["metrics"] for split, res in evals.items()},
-        "eval_loss": {split: res["loss"] for split, res in evals.items()},
-        "bayes": {s: suite.bayes.get(s, {}) for s in cfg.train.eval_splits},
-        "throughput": {
-            "tokens_per_second": timed_tokens / max(sum(step_times), 1e-9),
-            "step_time_ms_median": median_ms,
-            "compile_s": compile_s,
-            "compiled_shapes": len(compiled),
-        },
-        "params_sha256": params_sha256(jax.device_get(state.params)),
-        "run": {
-            "steps": cfg.train.steps,
-            "tasks": [t.name for t in tasks],
-            "weighting": cfg.weighting.name,
-            "wall_s": time.perf_counter() - wall0,
-            "devices": placement.num_devices,
-            "platform": jax.devices()[0].platform,
-            "device_kind": jax.devices()[0].device_kind,
-            "jax_version": jax.__version__,
-        },
-    }
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(json_safe(summary), f, indent=2, sort_keys=True, allow_nan=False)
-    if cfg.logging.plots:
-        plot_history(writer.history, os.path.join(workdir, "plots"))
-    writer.close()
+        seconds = sum(step_times)
+        summary = {
+            "eval": {split: res["metrics"] for split, res in evals.items()},
+            "eval_loss": {split: res["loss"] for split, res in evals.items()},
+            "bayes": {s: suite.bayes.get(s, {}) for s in cfg.train.eval_splits},
+            # Over the steps this process ran (none when only the final evaluation was left).
+            "throughput": {
+                "tokens_per_second": timed_tokens / seconds if seconds else math.nan,
+                "step_time_ms_median": (
+                    1e3 * statistics.median(step_times) if step_times else math.nan
+                ),
+                "compile_s": compile_s,
+                "compiled_shapes": len(compiled),
+            },
+            "params_sha256": params_sha256(jax.device_get(state.params)),
+            "run": {
+                "steps": cfg.train.steps,
+                "resumed_from_step": start if found is not None else None,
+                "tasks": [t.name for t in tasks],
+                "weighting": cfg.weighting.name,
+                "wall_s": time.perf_counter() - wall0,
+                "devices": placement.num_devices,
+                "platform": jax.devices()[0].platform,
+                "device_kind": jax.devices()[0].device_kind,
+                "jax_version": jax.__version__,
+            },
+        }
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(json_safe(summary), f, indent=2, sort_keys=True, allow_nan=False)
+        if cfg.logging.plots:
+            plot_history(writer.history, os.path.join(workdir, "plots"))
+    finally:
+        stop.restore()
+        if bar is not None:
+            bar.close()
+        if ckpts is not None:
+            ckpts.close()  # finishes pending asynchronous saves, whatever the way out
+        writer.close()
     if verbose:
         print(_report(summary, tasks), file=sys.stderr)
         print(f"workdir: {workdir}", file=sys.stderr)
     return summary
+
+
+def _save_if_best(
+    ckpts: checkpoint.RunCheckpoints | None,
+    cfg: Config,
+    evals: Mapping[str, Any],
+    state: TrainState,
+) -> None:
+    if ckpts is not None and cfg.checkpoint.best_metric:
+        ckpts.save_best(state, _flat_eval(evals).get(cfg.checkpoint.best_metric))
 
 
 def _evaluate_splits(
@@ -402,7 +822,10 @@ def example_batch(data: Data) -> dict[str, Any]:
 
 
 def restore_state(workdir: str, cfg: Config, model: Any, data: Data) -> TrainState:
-    """The latest checkpoint of the run in ``workdir`` (config ``cfg``, model ``model``)."""
+    """The latest good checkpoint of the run in ``workdir`` (config ``cfg``, model ``model``).
+
+    Read-only: a damaged newer checkpoint is skipped with a warning, not moved.
+    """
     tasks = model.tasks
     strategy = build_strategy(cfg.weighting, tasks)
     optimizer, _ = make_optimizer(cfg.optimizer, cfg.train.steps)
@@ -410,15 +833,13 @@ def restore_state(workdir: str, cfg: Config, model: Any, data: Data) -> TrainSta
         model, optimizer, strategy, example_batch(data), seed=cfg.train.seed
     )
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise ConfigError(f"--workdir: {workdir} has no checkpoints/ to restore")
-    mngr = checkpoint.manager(ckpt_dir, keep=cfg.checkpoint.keep)
     try:
-        return checkpoint.restore(mngr, target)
-    except FileNotFoundError as e:
+        found = checkpoint.restore_latest_good(ckpt_dir, target, warn=_warn, move_bad=False)
+    except RuntimeError as e:
         raise ConfigError(f"--workdir: {e}") from None
-    finally:
-        mngr.close()
+    if found is None:
+        raise ConfigError(f"--workdir: {workdir} has no checkpoint in checkpoints/ to restore")
+    return found[0]
 
 
 def load_run(workdir: str | os.PathLike) -> Config:
