@@ -2,8 +2,9 @@
 calls the library.
 
 Exit codes: 0 success (also a training run stopped by SIGTERM or SIGINT after saving a
-checkpoint: rerun the same command to resume), 2 bad input (config, flags or data), with
-one line on stderr that names the key and what is allowed.
+checkpoint: rerun the same command to resume), 1 an OS error (unwritable workdir, full disk),
+2 bad input (config, flags or data), with one line on stderr that names the key and what is
+allowed, 3 training stopped on a non-finite loss or gradient (``train.on_nonfinite: stop``).
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = evaluate(args.workdir, verbose=not args.quiet)
             print(json.dumps(json_safe(result), sort_keys=True))
+    except RuntimeError as e:
+        from mtlrnn.run import NonFiniteError
+
+        if not isinstance(e, NonFiniteError):
+            raise
+        print(f"mtlrnn: error: {e}", file=sys.stderr)
+        return 3
     except ConfigError as e:
         print(f"mtlrnn: error: {e}", file=sys.stderr)
         return 2

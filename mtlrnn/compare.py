@@ -14,7 +14,8 @@ the config's ``weighting.mode`` runs in its first allowed mode (``mgda_ub``:
 ``representation``); each run's ``--set`` overrides in ``plan.json`` say what it got.
 
 The plan is written to ``<outdir>/plan.json``. Runs are resumable (a run whose workdir has
-``summary.json`` is done; a workdir without it was interrupted and is trained again from
+``summary.json`` is done; a workdir without it was interrupted and resumes from its latest
+checkpoint (``mtlrnn train`` resumes by default), else it is trained again from
 scratch) and safe to share between processes: a process trains a run only after creating
 ``<workdir>.lock`` atomically, and skips runs whose lock another process holds. ``--shard
 I/N`` splits the list up front (runs whose index modulo ``N`` is ``I``); shards on several
@@ -41,7 +42,6 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -468,11 +468,13 @@ def _run_one(run: Run, label: str, *, subprocess_mode: bool, verbose: bool) -> s
             _say(verbose, f"{label}: finished, skipped")
             return "finished"
         if os.path.exists(run.workdir):
-            _say(verbose, f"{label}: {run.workdir} has no summary.json (interrupted); rerunning")
-            shutil.rmtree(run.workdir)
+            # mtlrnn train resumes from the run's latest good checkpoint (or starts afresh).
+            _say(verbose, f"{label}: {run.workdir} has no summary.json (interrupted); resuming")
         _say(verbose, f"{label}: training -> {run.workdir}")
         t0 = time.perf_counter()
         error = _train_subprocess(run) if subprocess_mode else _train_in_process(run)
+        if error is None and not os.path.isfile(summary):
+            error = "stopped before it finished (signal?); rerun compare to resume it"
         if error is not None:
             print(f"{label}: FAILED in {run.workdir}: {error}", file=sys.stderr, flush=True)
             return "failed"

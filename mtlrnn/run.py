@@ -26,9 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 
 from mtlrnn import checkpoint
 from mtlrnn.config import Config
@@ -43,6 +40,7 @@ from mtlrnn.data.batching import eval_batches
 from mtlrnn.data.batching import train_batches
 from mtlrnn.metrics import accumulate
 from mtlrnn.metrics import finalize
+from mtlrnn.parallel import Placement
 from mtlrnn.reporting import MetricsWriter
 from mtlrnn.reporting import json_safe
 from mtlrnn.reporting import plot_history
@@ -79,38 +77,8 @@ def resolve_buckets(
     return resolved
 
 
-class Placement:
-    """Where arrays live: one device, or a ``data`` mesh axis over all devices.
-
-    With a mesh the batch is sharded along its leading (batch) axis and the state is
-    replicated; jit then computes every per-task loss over the global batch.
-    """
-
-    def __init__(self, mode: str, batch_sizes: tuple[int, ...]) -> None:
-        devices = jax.devices()
-        use_mesh = mode == "mesh" or (mode == "auto" and len(devices) > 1)
-        self.mesh = Mesh(np.array(devices), ("data",)) if use_mesh else None
-        self.num_devices = len(devices) if use_mesh else 1
-        if use_mesh:
-            keys = ("train.batch_size", "train.eval_batch_size")
-            for key, size in zip(keys, batch_sizes, strict=True):
-                if size % self.num_devices:
-                    raise ConfigError(
-                        f"{key}: must be divisible by the {self.num_devices} devices of the "
-                        f"data-parallel mesh; got {size}"
-                    )
-
-    def batch(self, batch: Mapping[str, Any]) -> Any:
-        """Move a host batch to the device(s)."""
-        if self.mesh is None:
-            return jax.device_put(batch)
-        return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec("data")))
-
-    def state(self, state: TrainState) -> TrainState:
-        """Move the state to the device(s), replicated over the mesh."""
-        if self.mesh is None:
-            return jax.device_put(state)
-        return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+class NonFiniteError(RuntimeError):
+    """Training stopped on a non-finite loss or gradient (``train.on_nonfinite: stop``)."""
 
 
 def _default_workdir(source: str) -> str:
@@ -159,7 +127,7 @@ def run_eval(
     """
     total, loss_sum, loss_weight = None, np.zeros(len(tasks)), np.zeros(len(tasks))
     for batch in batches:
-        losses, stats = eval_fn(params, placement.batch(batch))
+        losses, stats = eval_fn(params, placement.eval_batch(batch))
         total = accumulate(total, stats)
         counts = _label_counts(tasks, batch)
         loss_sum += np.asarray(losses, np.float64) * counts
@@ -192,6 +160,7 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.eval_splits",
     "train.eval_batch_size",
+    "train.on_nonfinite",
     "logging.",
     "checkpoint.",
     "parallel.",
@@ -593,8 +562,10 @@ def fit(
         schedule,
         grad_mode=cfg.weighting.mode,
         chunk_size=cfg.weighting.chunk_size,
+        accumulate=cfg.train.accumulate,
+        axis_name=placement.axis_name,
     )
-    step_jit = jax.jit(step_fn, donate_argnums=0)
+    step_jit = placement.compile_step(step_fn)
     eval_jit = jax.jit(make_eval_step(model))
 
     kept = _kept_history(workdir, start, final=start == cfg.train.steps)
@@ -616,6 +587,7 @@ def fit(
                 warn=_warn,
             )
         compiled: dict[tuple[int, ...], Any] = {}
+        nonfinite = 0
         compile_s = 0.0
         step_times: list[float] = []
         timed_tokens = 0
@@ -645,8 +617,27 @@ def fit(
                 compile_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             state, metrics = compiled[shape](state, device_batch)
-            metrics = jax.device_get(metrics)
+            metrics = placement.step_metrics(metrics)
             elapsed = time.perf_counter() - t0
+            if int(metrics["nonfinite"]):
+                # The step left params, optimizer and weighting state unchanged.
+                nonfinite += 1
+                bad = [t.name for t, ok in zip(tasks, metrics["finite_losses"], strict=True)
+                       if not ok]
+                what = f"loss of task(s) {', '.join(bad)}" if bad else "gradient"
+                writer.write({"step": step + 1, "nonfinite": what, "skipped_steps": nonfinite})
+                if cfg.train.on_nonfinite == "stop":
+                    if ckpts is not None:
+                        ckpts.save(placement.unreplicate(state))
+                        ckpts.wait()
+                    raise NonFiniteError(
+                        f"train.on_nonfinite=stop: non-finite {what} at step {step + 1}; the "
+                        "update was not applied"
+                        + ("; the last good state is saved" if ckpts is not None else "")
+                        + " (set train.on_nonfinite=skip to skip such steps)"
+                    )
+                _warn(f"mtlrnn: step {step + 1}: non-finite {what}; update skipped "
+                      f"({nonfinite} so far)")
             tokens = int(metrics["tokens"])
             step_times.append(elapsed)
             timed_tokens += tokens
@@ -676,16 +667,16 @@ def fit(
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
                 evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
                 writer.write({"step": done, "eval": _flat_eval(evals)})
-                _save_if_best(ckpts, cfg, evals, state)
+                _save_if_best(ckpts, cfg, evals, placement.unreplicate(state))
             every = cfg.checkpoint.every
             if ckpts is not None and (done == cfg.train.steps or (every and done % every == 0)):
-                ckpts.save(state)
+                ckpts.save(placement.unreplicate(state))
             if fault is not None and done == fault.step:
                 fault.fire(ckpts)
             if stop.signal is not None:
                 stopped_at = done
                 if ckpts is not None:
-                    ckpts.save(state)
+                    ckpts.save(placement.unreplicate(state))
                 break
         if bar is not None:
             bar.close()
@@ -708,7 +699,7 @@ def fit(
 
         evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
         writer.write({"step": cfg.train.steps, "eval": _flat_eval(evals)})
-        _save_if_best(ckpts, cfg, evals, state)
+        _save_if_best(ckpts, cfg, evals, placement.unreplicate(state))
         if ckpts is not None:
             ckpts.wait()  # summary.json only ever describes checkpoints on disk
 
@@ -726,7 +717,7 @@ def fit(
                 "compile_s": compile_s,
                 "compiled_shapes": len(compiled),
             },
-            "params_sha256": params_sha256(jax.device_get(state.params)),
+            "params_sha256": params_sha256(jax.device_get(placement.unreplicate(state.params))),
             "run": {
                 "steps": cfg.train.steps,
                 "resumed_from_step": start if found is not None else None,
@@ -734,6 +725,8 @@ def fit(
                 "weighting": cfg.weighting.name,
                 "wall_s": time.perf_counter() - wall0,
                 "devices": placement.num_devices,
+                "parallel": placement.mode,
+                "skipped_steps": nonfinite,
                 "platform": jax.devices()[0].platform,
                 "device_kind": jax.devices()[0].device_kind,
                 "jax_version": jax.__version__,
@@ -780,7 +773,8 @@ def _evaluate_splits(
         batches = eval_batches(
             suite.splits[split], tasks, batch_size=cfg.train.eval_batch_size, buckets=buckets
         )
-        metrics, loss = run_eval(eval_fn, state.params, tasks, batches, placement)
+        params = placement.unreplicate(state.params)
+        metrics, loss = run_eval(eval_fn, params, tasks, batches, placement)
         out[split] = {"metrics": metrics, "loss": loss}
     return out
 

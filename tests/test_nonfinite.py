@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -48,3 +50,54 @@ def test_nan_label_skips_the_update_and_names_the_task(tiny_overrides, name, mod
     state, m = step(state, good)  # and training goes on from the last good state
     assert int(m["nonfinite"]) == 0
     assert np.all(np.isfinite(np.asarray(m["losses"])))
+
+
+def _poison(monkeypatch, at: int) -> None:
+    """Make batch ``at`` of every training stream carry NaN ``seq_value`` labels."""
+    import mtlrnn.run as run_module
+
+    real = run_module.train_batches
+
+    def poisoned(*args, **kwargs):
+        start = kwargs.get("start_step", 0)
+        for i, batch in enumerate(real(*args, **kwargs), start=start):
+            if i == at:
+                labels = dict(batch["labels"])
+                labels["seq_value"] = np.full_like(labels["seq_value"], np.nan)
+                batch = {**batch, "labels": labels}
+            yield batch
+
+    monkeypatch.setattr(run_module, "train_batches", poisoned)
+
+
+def test_fit_skip_counts_the_step(tiny_overrides, tmp_path, monkeypatch):
+    from mtlrnn.run import fit
+
+    _poison(monkeypatch, at=3)
+    cfg = load_config(None, [*tiny_overrides, "train.on_nonfinite=skip", "train.log_every=1"])
+    summary = fit(cfg, tmp_path / "wd", verbose=False)
+    assert summary["run"]["skipped_steps"] == 1
+    records = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    bad = [r for r in records if "nonfinite" in r]
+    assert bad == [{"step": 4, "nonfinite": "loss of task(s) seq_value", "skipped_steps": 1}]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r and r["step"] != 4)
+
+
+def test_cli_stop_saves_last_good_state_and_exits_3(tiny_overrides, tmp_path, monkeypatch,
+                                                   capsys):
+    from mtlrnn.cli import main
+
+    _poison(monkeypatch, at=3)
+    args = ["train", "--workdir", str(tmp_path / "wd"), "--quiet"]
+    for item in [*tiny_overrides, "checkpoint.every=2"]:
+        args += ["--set", item]
+    assert main(args) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "mtlrnn: error: train.on_nonfinite=stop: non-finite loss of task(s) seq_value at step "
+        "4; the update was not applied; the last good state is saved (set "
+        "train.on_nonfinite=skip to skip such steps)"
+    )
+    saved = sorted(int(p.name) for p in (tmp_path / "wd" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert saved[-1] == 4  # params of step 3 (the update of step 4 was not applied)

@@ -92,6 +92,19 @@ SCRIPT = textwrap.dedent(
     local_dir = jax.tree.map(lambda *xs: sum(xs) / n, *parts)
     out["per_device_vs_global"] = max(float(np.max(np.abs(a - b))) for a, b in
         zip(jax.tree.leaves(global_dir), jax.tree.leaves(local_dir)))
+    # The whole job (fit: train, checkpoint, evaluate) under each mode.
+    import tempfile
+    from mtlrnn.run import fit
+    fits = {}
+    for mode in ("none", "mesh", "pmap"):
+        cfg = load_config(None, OVERRIDES + [f"parallel.mode={mode}", "train.steps=6",
+                                             "train.eval_batch_size=32", "logging.plots=false",
+                                             "logging.progress=false"])
+        s = fit(cfg, tempfile.mkdtemp(), verbose=False)
+        fits[mode] = (s["eval"]["test"]["tag0"]["accuracy"], s["eval_loss"]["test"]["tag0"],
+                      s["run"]["parallel"], s["run"]["devices"])
+    out["fit"] = fits
+
     from mtlrnn.config import ConfigError
     for mode in ("mesh", "pmap"):
         try:
@@ -154,3 +167,11 @@ def test_batch_not_divisible_by_devices_is_a_config_error(result):
             f"train.batch_size: must be divisible by the 8 devices of parallel.mode {mode}; "
             "got 30"
         )
+
+
+def test_fit_runs_in_every_mode(result):
+    fits = result["fit"]
+    assert [fits[m][2:] for m in ("none", "mesh", "pmap")] == [["none", 1], ["mesh", 8],
+                                                               ["pmap", 8]]
+    for mode in ("mesh", "pmap"):
+        assert abs(fits[mode][1] - fits["none"][1]) < 1e-5  # eval loss after 6 steps
