@@ -403,6 +403,16 @@ class ParallelConfig:
         "jitted step over a data-sharded batch) or pmap (per-device step, psum of losses "
         "and gradients)",
     )
+    fsdp: bool = _opt(
+        False,
+        "mesh mode: shard parameters, optimizer and weighting state along the data axis "
+        "(each array on its largest dimension that divides by the device count) instead of "
+        "replicating them",
+    )
+
+    def __post_init__(self) -> None:
+        if self.fsdp and self.mode not in ("mesh", "auto"):
+            raise ValueError(f"fsdp: needs mode mesh (or auto); mode is {self.mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,10 @@
 - ``mesh`` (``auto`` picks it when more than one device is visible): a ``jax.sharding.Mesh``
   over all devices with one ``data`` axis; the batch is sharded along its leading axis, the
   state replicated, and one jitted step sees the global batch (XLA inserts the reductions).
+- ``mesh`` with ``fsdp``: parameters, optimizer and weighting state are sharded along the
+  same ``data`` axis (each array on its largest dimension divisible by the device count;
+  small arrays stay replicated) and XLA gathers them where the step needs them: memory per
+  device falls with the device count, the numbers stay those of the global batch.
 - ``pmap``: the classic per-device step: ``jax.pmap`` over all local devices with axis
   ``data``; each device takes ``B / n`` rows and the step ``psum``s per-task loss sums, label
   counts and gradients (or per-task Jacobians) before the weighting method combines them
@@ -44,7 +48,9 @@ class Placement:
       axis_name: ``"data"`` in pmap mode (pass it to ``make_train_step``), else ``None``.
     """
 
-    def __init__(self, mode: str, batch_sizes: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, mode: str, batch_sizes: tuple[int, ...] = (), *, fsdp: bool = False
+    ) -> None:
         devices = jax.local_devices() if mode == "pmap" else jax.devices()
         if mode == "auto":
             mode = "mesh" if len(devices) > 1 else "none"
@@ -55,6 +61,7 @@ class Placement:
         self.mesh = Mesh(np.array(devices), (AXIS,)) if mode == "mesh" else None
         self.num_devices = len(self.devices)
         self.axis_name = AXIS if mode == "pmap" else None
+        self.fsdp = fsdp and mode == "mesh"
         keys = ("train.batch_size", "train.eval_batch_size")
         for key, size in zip(keys, batch_sizes, strict=False):
             if mode != "none" and size % self.num_devices:
@@ -84,20 +91,44 @@ class Placement:
         if self.mode == "none":
             return jax.device_put(state, self.devices[0])
         if self.mode == "mesh":
+            if self.fsdp:
+                return jax.tree.map(lambda x: jax.device_put(x, self._fsdp_sharding(x)), state)
             return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
         return _put_pmap(jax.tree.map(lambda x: _stack([x] * self.num_devices), state),
                          self.devices)
+
+    def _fsdp_sharding(self, x: Any) -> NamedSharding:
+        """Shard ``x`` on its largest axis divisible by the device count (else replicate)."""
+        shape = np.shape(x)
+        n = self.num_devices
+        axes = sorted(range(len(shape)), key=lambda a: -shape[a])
+        for a in axes:
+            if shape[a] >= n and shape[a] % n == 0:
+                spec = [None] * len(shape)
+                spec[a] = AXIS
+                return NamedSharding(self.mesh, PartitionSpec(*spec))
+        return NamedSharding(self.mesh, PartitionSpec())
 
     def unreplicate(self, tree: Any) -> Any:
         """One copy of a replicated tree (device 0's in pmap mode; identity otherwise)."""
         if self.mode != "pmap":
             return tree
-        return jax.tree.map(lambda x: x[0], tree)
+        return jax.tree.map(lambda x: jax.device_put(x[0], self.devices[0]), tree)
 
-    def compile_step(self, step_fn: Callable[..., Any]) -> Any:
-        """``step_fn`` jitted (``none``/``mesh``) or pmapped over ``data``, state donated."""
+    def compile_step(self, step_fn: Callable[..., Any], state: Any = None) -> Any:
+        """``step_fn`` jitted (``none``/``mesh``) or pmapped over ``data``, state donated.
+
+        With ``fsdp`` pass the placed ``state``: the new state keeps its sharding (so the
+        compiled step can be called again on its own output) and metrics are replicated.
+        """
         if self.mode == "pmap":
             return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=0, devices=self.devices)
+        if self.fsdp:
+            if state is None:
+                raise ValueError("compile_step: fsdp needs the placed state")
+            shardings = jax.tree.map(lambda x: x.sharding, state)
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            return jax.jit(step_fn, donate_argnums=0, out_shardings=(shardings, replicated))
         return jax.jit(step_fn, donate_argnums=0)
 
     def step_metrics(self, metrics: Any) -> Any:

@@ -497,7 +497,11 @@ def fit(
         if meta is not None:
             _check_resumable(meta, cfg, workdir)  # before building anything
     buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
-    placement = Placement(cfg.parallel.mode, (cfg.train.batch_size, cfg.train.eval_batch_size))
+    placement = Placement(
+        cfg.parallel.mode,
+        (cfg.train.batch_size, cfg.train.eval_batch_size),
+        fsdp=cfg.parallel.fsdp,
+    )
 
     model = model_for(cfg, tasks, suite)
     optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
@@ -565,7 +569,7 @@ def fit(
         accumulate=cfg.train.accumulate,
         axis_name=placement.axis_name,
     )
-    step_jit = placement.compile_step(step_fn)
+    step_jit = placement.compile_step(step_fn, state)
     eval_jit = jax.jit(make_eval_step(model))
 
     kept = _kept_history(workdir, start, final=start == cfg.train.steps)
@@ -858,7 +862,11 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
     suite = load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
-    placement = Placement(cfg.parallel.mode, (cfg.train.batch_size, cfg.train.eval_batch_size))
+    placement = Placement(
+        cfg.parallel.mode,
+        (cfg.train.batch_size, cfg.train.eval_batch_size),
+        fsdp=cfg.parallel.fsdp,
+    )
     model = model_for(cfg, tasks, suite)
     state = restore_state(workdir, cfg, model, suite)
     evals = _evaluate_splits(

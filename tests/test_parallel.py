@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
     STEPS = 20
     assert len(jax.devices()) == 8, jax.devices()
 
-    def run(name, mode, accumulate, grad_mode):
+    def run(name, mode, accumulate, grad_mode, fsdp=False):
         cfg = load_config(None, OVERRIDES + [f"weighting.name={name}",
                                              f"weighting.mode={grad_mode}"])
         data = load_data(cfg.data)
@@ -43,11 +43,11 @@ SCRIPT = textwrap.dedent(
         stream = train_batches(data.splits["train"], tasks, batch_size=cfg.train.batch_size,
                                buckets=cfg.data.buckets, seed=0)
         batches = [next(stream) for _ in range(STEPS)]
-        placement = Placement(mode, (cfg.train.batch_size,))
+        placement = Placement(mode, (cfg.train.batch_size,), fsdp=fsdp)
         state = placement.state(create_train_state(model, tx, strategy, batches[0], seed=0))
         step = placement.compile_step(make_train_step(
             model, tx, strategy, schedule, grad_mode=grad_mode, accumulate=accumulate,
-            axis_name=placement.axis_name))
+            axis_name=placement.axis_name), state)
         losses = []
         for b in batches:
             state, m = step(state, placement.batch(b))
@@ -56,10 +56,18 @@ SCRIPT = textwrap.dedent(
         return np.stack(losses), params, batches, model, cfg
 
     out = {}
-    for name, grad_mode in (("equal", "full"), ("pcgrad", "full"), ("upgrad", "gramian")):
+    CASES = {
+        "equal": ("full", (("mesh", 1), ("pmap", 1), ("none", 4), ("pmap", 2), ("fsdp", 1))),
+        "pcgrad": ("full", (("mesh", 1), ("pmap", 1), ("none", 4))),
+        "upgrad": ("gramian", (("pmap", 2),)),
+    }
+    for name, (grad_mode, runs) in CASES.items():
         ref_l, ref_p, batches, model, cfg = run(name, "none", 1, grad_mode)
-        for mode, acc in (("mesh", 1), ("pmap", 1), ("none", 4), ("pmap", 2)):
-            l, p, *_ = run(name, mode, acc, grad_mode)
+        for mode, acc in runs:
+            if mode == "fsdp":
+                l, p, *_ = run(name, "mesh", acc, grad_mode, fsdp=True)
+            else:
+                l, p, *_ = run(name, mode, acc, grad_mode)
             dp = max(float(np.max(np.abs(a - b))) for a, b in
                      zip(jax.tree.leaves(ref_p), jax.tree.leaves(p)))
             out[f"{name}/{mode}/acc{acc}"] = {
@@ -96,8 +104,10 @@ SCRIPT = textwrap.dedent(
     import tempfile
     from mtlrnn.run import fit
     fits = {}
-    for mode in ("none", "mesh", "pmap"):
-        cfg = load_config(None, OVERRIDES + [f"parallel.mode={mode}", "train.steps=6",
+    for mode in ("none", "pmap", "fsdp"):
+        extra = ["parallel.mode=mesh", "parallel.fsdp=true"] if mode == "fsdp" else [
+            f"parallel.mode={mode}"]
+        cfg = load_config(None, OVERRIDES + extra + ["train.steps=6",
                                              "train.eval_batch_size=32", "logging.plots=false",
                                              "logging.progress=false"])
         s = fit(cfg, tempfile.mkdtemp(), verbose=False)
@@ -147,8 +157,14 @@ def result() -> dict:
     return _run_script()
 
 
-@pytest.mark.parametrize("name", ["equal", "pcgrad", "upgrad"])
-@pytest.mark.parametrize("run", ["mesh/acc1", "pmap/acc1", "none/acc4", "pmap/acc2"])
+RUNS = [
+    *(("equal", r) for r in ("mesh/acc1", "pmap/acc1", "none/acc4", "pmap/acc2", "fsdp/acc1")),
+    *(("pcgrad", r) for r in ("mesh/acc1", "pmap/acc1", "none/acc4")),
+    ("upgrad", "pmap/acc2"),
+]
+
+
+@pytest.mark.parametrize("name, run", RUNS)
 def test_modes_match_single_device(result, name, run):
     diff = result[f"{name}/{run}"]
     assert diff["loss"] < 1e-5, diff
@@ -171,7 +187,7 @@ def test_batch_not_divisible_by_devices_is_a_config_error(result):
 
 def test_fit_runs_in_every_mode(result):
     fits = result["fit"]
-    assert [fits[m][2:] for m in ("none", "mesh", "pmap")] == [["none", 1], ["mesh", 8],
-                                                               ["pmap", 8]]
-    for mode in ("mesh", "pmap"):
+    assert [fits[m][2:] for m in ("none", "pmap", "fsdp")] == [
+        ["none", 1], ["pmap", 8], ["mesh", 8]]
+    for mode in ("pmap", "fsdp"):
         assert abs(fits[mode][1] - fits["none"][1]) < 1e-5  # eval loss after 6 steps
