@@ -410,9 +410,27 @@ class ParallelConfig:
         "replicating them",
     )
 
+    coordinator: str = _opt(
+        "",
+        "multi-host: host:port of process 0 for jax.distributed.initialize; '' = single "
+        "process (or JAX's own cluster detection when JAX_COORDINATOR_ADDRESS is set)",
+    )
+    num_processes: int = _opt(0, "multi-host: number of processes (with coordinator)", min=0)
+    process_id: int = _opt(-1, "multi-host: this process's id in [0, num_processes)", min=-1)
+
     def __post_init__(self) -> None:
         if self.fsdp and self.mode not in ("mesh", "auto"):
             raise ValueError(f"fsdp: needs mode mesh (or auto); mode is {self.mode!r}")
+        if self.coordinator:
+            if self.num_processes < 1:
+                raise ValueError("num_processes: required (>= 1) with coordinator")
+            if not 0 <= self.process_id < self.num_processes:
+                raise ValueError(
+                    f"process_id: must be in [0, {self.num_processes}) with coordinator, got "
+                    f"{self.process_id}"
+                )
+            if self.mode == "pmap":
+                raise ValueError("mode: multi-host runs use mesh (pmap is per host)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,12 @@
   counts and gradients (or per-task Jacobians) before the weighting method combines them
   (see :func:`mtlrnn.train.make_train_step`), so every method sees the global batch.
 
+Multi-host (``mesh``): :func:`initialize_distributed` calls ``jax.distributed.initialize``
+from ``parallel.coordinator/num_processes/process_id`` (or lets JAX detect the cluster when
+``JAX_COORDINATOR_ADDRESS`` is set). Every process computes the same global batch plan (same
+data files, same seed), keeps its own contiguous block of rows and builds the global array
+with ``jax.make_array_from_process_local_data``; the mesh spans every process's devices.
+
 In every mode the per-task losses and gradients are those of the whole global batch, so the
 three modes give the same training run up to float summation order (tests check 1e-5).
 Batch sizes must divide by the device count.
@@ -36,6 +42,31 @@ from jax.sharding import PartitionSpec
 from mtlrnn.config import ConfigError
 
 AXIS = "data"
+
+
+def initialize_distributed(parallel_cfg: Any) -> bool:
+    """Join a multi-process run if the config (or the environment) asks for one.
+
+    Returns True for a multi-process run. Must run before JAX uses a device; calling it
+    again is a no-op. CPU processes talk through gloo collectives.
+    """
+    import os
+
+    if jax.distributed.is_initialized():
+        return jax.process_count() > 1
+    if parallel_cfg.coordinator:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=parallel_cfg.coordinator,
+            num_processes=parallel_cfg.num_processes,
+            process_id=parallel_cfg.process_id,
+        )
+    elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize()
+    else:
+        return False
+    return jax.process_count() > 1
 
 
 class Placement:
@@ -62,6 +93,11 @@ class Placement:
         self.num_devices = len(self.devices)
         self.axis_name = AXIS if mode == "pmap" else None
         self.fsdp = fsdp and mode == "mesh"
+        self.processes = jax.process_count() if mode == "mesh" else 1
+        if jax.process_count() > 1 and mode != "mesh":
+            raise ConfigError(
+                f"parallel.mode: a multi-process run needs mode mesh (or auto); got {mode}"
+            )
         keys = ("train.batch_size", "train.eval_batch_size")
         for key, size in zip(keys, batch_sizes, strict=False):
             if mode != "none" and size % self.num_devices:
@@ -75,7 +111,17 @@ class Placement:
         if self.mode == "none":
             return jax.device_put(batch)
         if self.mode == "mesh":
-            return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec(AXIS)))
+            sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
+            if self.processes == 1:
+                return jax.device_put(batch, sharding)
+            # Multi-host: this process's contiguous block of rows of the global batch.
+            p, n = jax.process_index(), self.processes
+            return jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(
+                    sharding, np.asarray(x)[p * len(x) // n : (p + 1) * len(x) // n]
+                ),
+                batch,
+            )
         n = self.num_devices
         split = jax.tree.map(lambda x: np.reshape(x, (n, -1, *np.shape(x)[1:])), batch)
         return _put_pmap(split, self.devices)
@@ -91,11 +137,18 @@ class Placement:
         if self.mode == "none":
             return jax.device_put(state, self.devices[0])
         if self.mode == "mesh":
+            if self.processes > 1:
+                return jax.tree.map(lambda x: _global_array(x, self._state_sharding(x)), state)
             if self.fsdp:
                 return jax.tree.map(lambda x: jax.device_put(x, self._fsdp_sharding(x)), state)
             return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
         return _put_pmap(jax.tree.map(lambda x: _stack([x] * self.num_devices), state),
                          self.devices)
+
+    def _state_sharding(self, x: Any) -> NamedSharding:
+        if self.fsdp:
+            return self._fsdp_sharding(x)
+        return NamedSharding(self.mesh, PartitionSpec())
 
     def _fsdp_sharding(self, x: Any) -> NamedSharding:
         """Shard ``x`` on its largest axis divisible by the device count (else replicate)."""
@@ -131,9 +184,34 @@ class Placement:
             return jax.jit(step_fn, donate_argnums=0, out_shardings=(shardings, replicated))
         return jax.jit(step_fn, donate_argnums=0)
 
+    def compile_eval(self, eval_fn: Callable[..., Any]) -> Any:
+        """The jitted eval step; its (summed) outputs are replicated on every device."""
+        if self.mode == "mesh":
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            return jax.jit(eval_fn, out_shardings=replicated)
+        return jax.jit(eval_fn)
+
+    def host(self, tree: Any) -> Any:
+        """Host numpy copies of the state's arrays (replicated or fsdp-sharded), any mode."""
+        tree = self.unreplicate(tree)
+        if self.processes > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(tree, tiled=True)
+        return jax.device_get(tree)
+
     def step_metrics(self, metrics: Any) -> Any:
         """Host copies of a step's metrics (identical on every device in pmap mode)."""
         return jax.device_get(self.unreplicate(metrics))
+
+
+def _global_array(x: Any, sharding: NamedSharding) -> Any:
+    """A global array from a value every process holds in full (e.g. the initial state)."""
+    if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+        data = _global_array(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def _stack(xs: list[Any]) -> Any:

@@ -41,6 +41,7 @@ from mtlrnn.data.batching import train_batches
 from mtlrnn.metrics import accumulate
 from mtlrnn.metrics import finalize
 from mtlrnn.parallel import Placement
+from mtlrnn.parallel import initialize_distributed
 from mtlrnn.reporting import MetricsWriter
 from mtlrnn.reporting import json_safe
 from mtlrnn.reporting import plot_history
@@ -470,6 +471,11 @@ def fit(
     cfg = dataclasses.replace(cfg, data=absolute_paths(cfg.data))
     workdir = os.fspath(workdir) if workdir is not None else _default_workdir(cfg.data.source)
     ckpt_dir = os.path.join(workdir, "checkpoints")
+    # Multi-host: every process trains and checkpoints into the shared checkpoints/; only
+    # process 0 writes the workdir's files, the others keep theirs under process-<id>/.
+    initialize_distributed(cfg.parallel)
+    rank = jax.process_index()
+    logdir = workdir if rank == 0 else os.path.join(workdir, f"process-{rank}")
     resumable = cfg.checkpoint.enabled and cfg.checkpoint.resume
     if not resumable:
         _check_workdir(workdir)
@@ -529,7 +535,7 @@ def fit(
                 f"train.steps: the run in {workdir} is already at step {start} > "
                 f"train.steps={cfg.train.steps}; train.steps can only grow on resume"
             )
-        summary = _finished_summary(workdir, start) if start == cfg.train.steps else None
+        summary = _finished_summary(logdir, start) if start == cfg.train.steps else None
         if summary is not None:
             _warn(
                 f"mtlrnn: the run in {workdir} is already complete (step {start}); nothing "
@@ -537,8 +543,8 @@ def fit(
             )
             return summary
         _warn(f"mtlrnn: resumed from step {start} ({os.path.join(ckpt_dir, str(start))})")
-        if os.path.isfile(os.path.join(workdir, "summary.json")):
-            os.remove(os.path.join(workdir, "summary.json"))  # it described a shorter run
+        if os.path.isfile(os.path.join(logdir, "summary.json")):
+            os.remove(os.path.join(logdir, "summary.json"))  # it described a shorter run
         stream = train_batches(
             suite.splits["train"],
             tasks,
@@ -551,10 +557,10 @@ def fit(
     # A restored state is placed like a fresh one, so the step compiles identically.
     state = placement.state(state)
 
-    os.makedirs(workdir, exist_ok=True)
-    dump_yaml(cfg, os.path.join(workdir, "config.yaml"))
+    os.makedirs(logdir, exist_ok=True)
+    dump_yaml(cfg, os.path.join(logdir, "config.yaml"))
     if suite.text is not None:
-        with open(os.path.join(workdir, VOCAB_FILE), "w", encoding="utf-8") as f:
+        with open(os.path.join(logdir, VOCAB_FILE), "w", encoding="utf-8") as f:
             json.dump(suite.text.vocab_dict(), f, ensure_ascii=False)
     if verbose:
         print(suite.description, file=sys.stderr)
@@ -570,10 +576,10 @@ def fit(
         axis_name=placement.axis_name,
     )
     step_jit = placement.compile_step(step_fn, state)
-    eval_jit = jax.jit(make_eval_step(model))
+    eval_jit = placement.compile_eval(make_eval_step(model))
 
-    kept = _kept_history(workdir, start, final=start == cfg.train.steps)
-    writer = MetricsWriter(workdir, tensorboard=cfg.logging.tensorboard)
+    kept = _kept_history(logdir, start, final=start == cfg.train.steps)
+    writer = MetricsWriter(logdir, tensorboard=cfg.logging.tensorboard)
     _replay_history(writer, kept)
     ckpts = None
     bar = None
@@ -721,7 +727,7 @@ def fit(
                 "compile_s": compile_s,
                 "compiled_shapes": len(compiled),
             },
-            "params_sha256": params_sha256(jax.device_get(placement.unreplicate(state.params))),
+            "params_sha256": params_sha256(placement.host(state.params)),
             "run": {
                 "steps": cfg.train.steps,
                 "resumed_from_step": start if found is not None else None,
@@ -729,6 +735,7 @@ def fit(
                 "weighting": cfg.weighting.name,
                 "wall_s": time.perf_counter() - wall0,
                 "devices": placement.num_devices,
+                "processes": jax.process_count(),
                 "parallel": placement.mode,
                 "skipped_steps": nonfinite,
                 "platform": jax.devices()[0].platform,
@@ -736,10 +743,10 @@ def fit(
                 "jax_version": jax.__version__,
             },
         }
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(logdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(json_safe(summary), f, indent=2, sort_keys=True, allow_nan=False)
         if cfg.logging.plots:
-            plot_history(writer.history, os.path.join(workdir, "plots"))
+            plot_history(writer.history, os.path.join(logdir, "plots"))
     finally:
         stop.restore()
         if bar is not None:
@@ -874,7 +881,7 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
         suite,
         tasks,
         buckets,
-        jax.jit(make_eval_step(model)),
+        placement.compile_eval(make_eval_step(model)),
         placement.state(state),
         placement,
     )
