@@ -9,9 +9,21 @@ import socket
 import subprocess
 import sys
 
-from tests.conftest import TINY
-
-SETTINGS = [*TINY, "model.dropout=0.0", "train.steps=8", "checkpoint.every=4"]
+SETTINGS = [
+    "data.synthetic.num_train=256",
+    "data.synthetic.num_dev=64",
+    "data.synthetic.num_test=64",
+    "data.synthetic.max_len=16",
+    "data.buckets=[8,16]",
+    "model.embed_dim=16",
+    "model.hidden_size=16",
+    "model.dropout=0.0",
+    "train.batch_size=16",
+    "train.eval_batch_size=32",
+    "train.steps=8",
+    "checkpoint.every=4",
+    "logging.plots=false",
+]
 
 
 def _free_port() -> int:
