@@ -94,6 +94,11 @@ class Placement:
         self.axis_name = AXIS if mode == "pmap" else None
         self.fsdp = fsdp and mode == "mesh"
         self.processes = jax.process_count() if mode == "mesh" else 1
+        if self.processes > 1 and self.fsdp:
+            raise ConfigError(
+                "parallel.fsdp: not supported across several processes yet (checkpoints are "
+                "written from a host copy of the state); use fsdp on one host"
+            )
         if jax.process_count() > 1 and mode != "mesh":
             raise ConfigError(
                 f"parallel.mode: a multi-process run needs mode mesh (or auto); got {mode}"
