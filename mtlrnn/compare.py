@@ -55,14 +55,15 @@ from typing import Any
 from mtlrnn.config import Config
 from mtlrnn.config import ConfigError
 from mtlrnn.config import apply_overrides
+from mtlrnn.config import flat_dict
 from mtlrnn.config import load_config
 from mtlrnn.config import resolve_tasks
-from mtlrnn.config import to_dict
 from mtlrnn.delta import delta_m
 from mtlrnn.delta import delta_p
 from mtlrnn.delta import summarize_seeds
 from mtlrnn.reporting import json_safe
 from mtlrnn.sources import absolute_paths
+from mtlrnn.sources import load_data
 
 __all__ = ["Run", "compare", "execute", "plan_runs", "report"]
 
@@ -109,13 +110,7 @@ class Run:
 
 def _data_tasks(cfg: Config) -> Any:
     """The task specs the config's data provides (before ``tasks.include``)."""
-    from mtlrnn import run
-
-    # run.load_suite(config) may give way to load_data(data_config) (mtlrnn.sources).
-    load_suite = getattr(run, "load_suite", None)
-    if load_suite is not None:
-        return load_suite(cfg).tasks
-    return run.load_data(cfg.data).tasks
+    return load_data(cfg.data).tasks
 
 
 def _names(value: Sequence[str] | str) -> list[str]:
@@ -268,19 +263,10 @@ def plan_runs(
     return [run for run, _ in _plan(cfg, config_path, methods, seeds, outdir, overrides)]
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out if out or not prefix else {prefix[:-1]: {}}
-    return {prefix[:-1]: value}
-
-
 def _config_diff(a: Config, b: Config) -> list[str]:
     # fit() saves data paths made absolute; compare them that way.
     a, b = (dataclasses.replace(c, data=absolute_paths(c.data)) for c in (a, b))
-    fa, fb = _flat(to_dict(a)), _flat(to_dict(b))
+    fa, fb = flat_dict(a), flat_dict(b)
     keys = sorted(set(fa) | set(fb))
     return [
         f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}"

@@ -683,6 +683,20 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return _plain(cfg)
 
 
+def flat_dict(cfg: Config) -> dict[str, Any]:
+    """The config as ``{dotted.key: value}`` leaves (an empty mapping is one leaf ``{}``)."""
+
+    def flatten(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, Mapping) and value:
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                out.update(flatten(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: value}
+
+    return flatten(to_dict(cfg), "")
+
+
 # --------------------------------------------------------------------------------------------
 # YAML in and out, --set overrides
 # --------------------------------------------------------------------------------------------

@@ -32,12 +32,13 @@ from mtlrnn.config import Config
 from mtlrnn.config import ConfigError
 from mtlrnn.config import default_config
 from mtlrnn.config import dump_yaml
+from mtlrnn.config import flat_dict
 from mtlrnn.config import load_config
 from mtlrnn.config import resolve_tasks
-from mtlrnn.config import to_dict
 from mtlrnn.data.batching import bucket_lengths
 from mtlrnn.data.batching import eval_batches
 from mtlrnn.data.batching import train_batches
+from mtlrnn.losses import task_counts
 from mtlrnn.metrics import accumulate
 from mtlrnn.metrics import finalize
 from mtlrnn.parallel import Placement
@@ -130,26 +131,13 @@ def run_eval(
     for batch in batches:
         losses, stats = eval_fn(params, placement.eval_batch(batch))
         total = accumulate(total, stats)
-        counts = _label_counts(tasks, batch)
+        counts = np.asarray(task_counts(tasks, batch), np.float64)
         loss_sum += np.asarray(losses, np.float64) * counts
         loss_weight += counts
     if total is None:
         return {}, {}
     mean_loss = np.where(loss_weight > 0, loss_sum / np.maximum(loss_weight, 1), np.nan)
     return finalize(tasks, total), _task_dict(tasks, mean_loss)
-
-
-def _label_counts(tasks: tuple[TaskSpec, ...], batch: Mapping[str, Any]) -> np.ndarray:
-    lengths = np.asarray(batch["lengths"])
-    steps = np.arange(np.asarray(batch["inputs"]).shape[1])[None, :] < lengths[:, None]
-    out = []
-    for t in tasks:
-        m = batch.get("masks", {}).get(t.name)
-        if t.level == "token":
-            out.append(float(np.sum(steps * (1.0 if m is None else np.asarray(m)))))
-        else:
-            out.append(float(np.sum((lengths > 0) * (1.0 if m is None else np.asarray(m)))))
-    return np.asarray(out)
 
 
 # Config keys that may change when a run resumes: they do not alter the sequence of updates.
@@ -168,15 +156,6 @@ RESUMABLE_KEYS = (
 )
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: value}
-
-
 def trajectory_config(cfg: Config) -> dict[str, Any]:
     """The dotted config keys that fix a run's sequence of updates, with their values.
 
@@ -185,7 +164,7 @@ def trajectory_config(cfg: Config) -> dict[str, Any]:
     """
     return {
         key: value
-        for key, value in _flatten(to_dict(cfg)).items()
+        for key, value in flat_dict(cfg).items()
         if not any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_KEYS)
     }
 
@@ -511,13 +490,17 @@ def fit(
 
     model = model_for(cfg, tasks, suite)
     optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
-    stream = train_batches(
-        suite.splits["train"],
-        tasks,
-        batch_size=cfg.train.batch_size,
-        buckets=buckets,
-        seed=cfg.train.seed,
-    )
+    def stream_from(step: int) -> Iterator[dict[str, Any]]:
+        return train_batches(
+            suite.splits["train"],
+            tasks,
+            batch_size=cfg.train.batch_size,
+            buckets=buckets,
+            seed=cfg.train.seed,
+            start_step=step,
+        )
+
+    stream = stream_from(0)
     first = next(stream)
     state = create_train_state(model, optimizer, strategy, first, seed=cfg.train.seed)
 
@@ -545,14 +528,7 @@ def fit(
         _warn(f"mtlrnn: resumed from step {start} ({os.path.join(ckpt_dir, str(start))})")
         if os.path.isfile(os.path.join(logdir, "summary.json")):
             os.remove(os.path.join(logdir, "summary.json"))  # it described a shorter run
-        stream = train_batches(
-            suite.splits["train"],
-            tasks,
-            batch_size=cfg.train.batch_size,
-            buckets=buckets,
-            seed=cfg.train.seed,
-            start_step=start,
-        )
+        stream = stream_from(start)
 
     # A restored state is placed like a fresh one, so the step compiles identically.
     state = placement.state(state)

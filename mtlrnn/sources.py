@@ -78,6 +78,11 @@ def _check_exists(key: str, path: str, *, directory: bool = False) -> None:
         raise ConfigError(f"{key}: no such {what}: {path} (relative paths are read from the cwd)")
 
 
+def _check_files(section: str, files: Mapping[str, str]) -> None:
+    for split, path in files.items():
+        _check_exists(f"data.{section}.files.{split}", path)
+
+
 def _describe_text(name: str, text: TextData) -> str:
     parts = []
     for split, ds in text.splits.items():
@@ -129,8 +134,7 @@ def load_data(data_cfg: DataConfig) -> Data:
         from mtlrnn.data.conllu_reader import load_ud
 
         cfg = data_cfg.conllu
-        for split, path in cfg.files.items():
-            _check_exists(f"data.conllu.files.{split}", path)
+        _check_files("conllu", cfg.files)
         if not cfg.files:
             _check_exists("data.conllu.dir", cfg.dir, directory=True)
         text = load_ud(
@@ -147,9 +151,9 @@ def load_data(data_cfg: DataConfig) -> Data:
         from mtlrnn.data.text import encode_text
 
         cfg = data_cfg.columns
+        _check_files("columns", cfg.files)
         sentences: dict[str, Any] = {}
         for split, path in cfg.files.items():
-            _check_exists(f"data.columns.files.{split}", path)
             sents = read_columns(path, columns=cfg.tasks, word_column=cfg.word_column)
             sentences[split] = [
                 (s.words, s.labels, f"{path}, sentence {i + 1}") for i, s in enumerate(sents)
@@ -167,8 +171,7 @@ def load_data(data_cfg: DataConfig) -> Data:
         from mtlrnn.data.timeseries import load_timeseries
 
         cfg = data_cfg.csv
-        for split, path in cfg.files.items():
-            _check_exists(f"data.csv.files.{split}", path)
+        _check_files("csv", cfg.files)
         series = load_timeseries(
             cfg.files,
             inputs=cfg.inputs,

@@ -9,21 +9,7 @@ import socket
 import subprocess
 import sys
 
-SETTINGS = [
-    "data.synthetic.num_train=256",
-    "data.synthetic.num_dev=64",
-    "data.synthetic.num_test=64",
-    "data.synthetic.max_len=16",
-    "data.buckets=[8,16]",
-    "model.embed_dim=16",
-    "model.hidden_size=16",
-    "model.dropout=0.0",
-    "train.batch_size=16",
-    "train.eval_batch_size=32",
-    "train.steps=8",
-    "checkpoint.every=4",
-    "logging.plots=false",
-]
+EXTRA = ["model.dropout=0.0", "train.steps=8", "checkpoint.every=4"]
 
 
 def _free_port() -> int:
@@ -32,9 +18,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cmd(workdir, *extra):
+def _cmd(settings, workdir, *extra):
     cmd = [sys.executable, "-m", "mtlrnn.cli", "train", "--workdir", str(workdir), "--quiet"]
-    for item in [*SETTINGS, *extra]:
+    for item in [*settings, *EXTRA, *extra]:
         cmd += ["--set", item]
     return cmd
 
@@ -46,19 +32,19 @@ def _env(devices: int) -> dict:
     return env
 
 
-def test_two_processes_match_one_process_with_two_devices(tmp_path):
+def test_two_processes_match_one_process_with_two_devices(tiny_overrides, tmp_path):
     port = _free_port()
     multi = tmp_path / "multi"
     procs = [
         subprocess.Popen(
-            _cmd(multi, f"parallel.coordinator=localhost:{port}", "parallel.num_processes=2",
-                 f"parallel.process_id={i}"),
+            _cmd(tiny_overrides, multi, f"parallel.coordinator=localhost:{port}",
+                 "parallel.num_processes=2", f"parallel.process_id={i}"),
             env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
     ]
-    single = subprocess.run(_cmd(tmp_path / "single", "parallel.mode=mesh"), env=_env(2),
-                            capture_output=True, text=True, timeout=600, check=False)
+    single = subprocess.run(_cmd(tiny_overrides, tmp_path / "single", "parallel.mode=mesh"),
+                            env=_env(2), capture_output=True, text=True, timeout=600, check=False)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
