@@ -235,7 +235,11 @@ class DataConfig:
 class ModelConfig:
     """The shared recurrent trunk."""
 
-    cell: Literal["lstm", "gru", "rnn"] = _opt("lstm", "recurrent cell: lstm, gru or rnn")
+    cell: Literal["lstm", "gru", "rnn", "mingru", "minlstm"] = _opt(
+        "lstm",
+        "recurrent cell: lstm, gru, rnn, or the parallel-in-time mingru, minlstm "
+        "(Feng et al. 2024)",
+    )
     embed_dim: int = _opt(64, "token embedding width E", min=1)
     hidden_size: int = _opt(128, "recurrent state width H (per direction)", min=1)
     num_layers: int = _opt(1, "stacked recurrent layers", min=1)
@@ -255,8 +259,23 @@ class ModelConfig:
         64, "char encoder width: CNN filters, or LSTM hidden size per direction", min=1
     )
     char_kernel: int = _opt(3, "char CNN kernel width in characters", min=1)
-    unroll: int = _opt(1, "lax.scan unroll factor over time", min=1)
-    remat: bool = _opt(False, "rematerialise the cell in the backward pass (saves memory)")
+    impl: Literal["fused", "autodiff"] = _opt(
+        "fused",
+        "lstm/gru/rnn trunk: fused (hand-written backward, weight gradients as one matmul) "
+        "or autodiff (plain lax.scan, the reference)",
+    )
+    scan: Literal["auto", "sequential", "associative"] = _opt(
+        "auto",
+        "mingru/minlstm time scan: auto (sequential on CPU, associative on GPU/TPU from 32 "
+        "steps), sequential or associative",
+    )
+    unroll: int = _opt(0, "lax.scan unroll factor over time; 0 = per platform", min=0)
+    remat: bool = _opt(
+        False,
+        "rematerialise the trunk in chunks of time in the backward pass (long sequences: "
+        "less memory, about one more forward pass of compute)",
+    )
+    remat_chunk: int = _opt(0, "time steps per remat chunk; 0 = ceil(sqrt(length))", min=0)
     param_dtype: DType = _opt("float32", "dtype of the parameters: float32 or bfloat16")
     compute_dtype: DType = _opt("float32", "dtype of the activations: float32 or bfloat16")
 

@@ -28,7 +28,8 @@ class MultiTaskRNN(nn.Module):
       vocab_size: number of token ids (ignored for feature inputs).
       num_features: ``F`` for real-valued inputs; 0 for token ids.
       embed_dim: ``E``.
-      cell, hidden_size, num_layers, bidirectional, unroll, remat: see :class:`Trunk`.
+      cell, hidden_size, num_layers, bidirectional, impl, scan, unroll, remat, remat_chunk:
+        see :class:`Trunk`.
       dropout: dropout between trunk layers and on the trunk output.
       embed_dropout: dropout on the embeddings.
       word_dropout: training only: the probability that a word id is replaced by ``unk_id``,
@@ -57,8 +58,11 @@ class MultiTaskRNN(nn.Module):
     char_embed_dim: int = 32
     char_features: int = 64
     char_kernel: int = 3
-    unroll: int = 1
+    impl: str = "fused"
+    scan: str = "auto"
+    unroll: int = 0
     remat: bool = False
+    remat_chunk: int = 0
     param_dtype: jnp.dtype = jnp.float32
     dtype: jnp.dtype = jnp.float32
 
@@ -96,8 +100,11 @@ class MultiTaskRNN(nn.Module):
             num_layers=self.num_layers,
             bidirectional=self.bidirectional,
             dropout=self.dropout,
+            impl=self.impl,
+            scan=self.scan,
             unroll=self.unroll,
             remat=self.remat,
+            remat_chunk=self.remat_chunk,
             param_dtype=self.param_dtype,
             dtype=self.dtype,
         )

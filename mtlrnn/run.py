@@ -150,6 +150,12 @@ RESUMABLE_KEYS = (
     "train.eval_splits",
     "train.eval_batch_size",
     "train.on_nonfinite",
+    # How the trunk is computed, not what it computes (same math up to float rounding).
+    "model.impl",
+    "model.scan",
+    "model.unroll",
+    "model.remat",
+    "model.remat_chunk",
     "logging.",
     "checkpoint.",
     "parallel.",

@@ -84,8 +84,11 @@ def build_model(
         bidirectional=model_cfg.bidirectional,
         dropout=model_cfg.dropout,
         embed_dropout=model_cfg.embed_dropout,
+        impl=model_cfg.impl,
+        scan=model_cfg.scan,
         unroll=model_cfg.unroll,
         remat=model_cfg.remat,
+        remat_chunk=model_cfg.remat_chunk,
         param_dtype=DTYPES[model_cfg.param_dtype],
         dtype=DTYPES[model_cfg.compute_dtype],
     )
