@@ -8,6 +8,10 @@ numbers.
     python benchmarks/throughput.py [--peers mtlrnn,torch_lstm,flax_rnn,keras_lstm]
         [--repeats 30] [--warmup 5] [--rounds 1] [--threads N] [--out benchmarks/out]
         [--batch 32 --length 64 --vocab 5000 --embed 128 --hidden 256 --classes 17,50,40]
+        [--cell lstm --impl I --scan S --unroll N --remat --remat-chunk N --dtype float32]
+
+The variant flags (--cell ... --dtype) are passed to every peer when set to a non-default
+value; a peer that cannot honour one reports an "unsupported" failure row.
 
 Writes <out>/throughput.json and <out>/throughput.md and prints the markdown table.
 """
@@ -34,6 +38,11 @@ DEFAULT_PEERS = ("mtlrnn", "torch_lstm", "flax_rnn", "keras_lstm")
 BASELINE = "torch_lstm"
 SCRIPTS = {"mtlrnn": "mtlrnn_peer.py"}  # every other peer <name> lives in <name>.py
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "keras")
+# Per-run fields copied into a peer's aggregate: memory (see peers/common.py) and device.
+RECORD_KEYS = ("xla_peak_bytes", "xla_temp_bytes", "device_peak_bytes",
+               "cuda_max_allocated_bytes", "max_rss_bytes", "rss_growth_bytes", "device_name",
+               "backend",
+               "lstm_path", "trunk_dtype", "model")
 
 
 def _load_common() -> Any:
@@ -57,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds before one peer run is killed and reported as failed")
     common.add_model_args(parser)
+    common.add_variant_args(parser)
     args = parser.parse_args(argv)
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if not args.peers:
@@ -73,6 +83,7 @@ def peer_argv(args: argparse.Namespace) -> list[str]:
         "--classes", ",".join(str(c) for c in args.classes), "--layers", str(args.layers),
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
         "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device,
+        *common.variant_argv(args),
     ]
 
 
@@ -121,13 +132,7 @@ def run_peer(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return common.cpu_model()
 
 
 def _versions() -> dict[str, str]:
@@ -164,7 +169,7 @@ def aggregate(name: str, rounds: list[dict[str, Any]], tokens_per_step: int,
     good = [r for r in rounds if r.get("ok")]
     if not good:
         return {"peer": name, "ok": False, "error": rounds[-1].get("error", "failed"),
-                "rounds": rounds}
+                "unsupported": bool(rounds[-1].get("unsupported")), "rounds": rounds}
     median_ms = float(np.median([r["step_ms_median"] for r in good]))
     raw = [t for r in good for t in r.get("step_ms", [])]
     p10 = float(np.percentile(raw, 10)) if raw else float(np.median([r["step_ms_p10"]
@@ -186,6 +191,8 @@ def aggregate(name: str, rounds: list[dict[str, Any]], tokens_per_step: int,
         "round_medians_ms": [r["step_ms_median"] for r in good],
         "versions": good[-1].get("versions", {}),
         "threads": good[-1].get("threads"),
+        # Memory and device name of the last good round (they do not vary between rounds).
+        **{k: good[-1][k] for k in RECORD_KEYS if k in good[-1]},
         "rounds": rounds,
     }
 
@@ -205,10 +212,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"({machine['schedulable_cores']} schedulable), {machine['threads_per_peer']} "
         f"threads per peer; {machine['platform']}; python {machine['versions']['python']}.",
         f"Config: B={config['batch']}, L={config['length']}, vocab {config['vocab']}, "
-        f"E={config['embed']}, H={config['hidden']}, {config['layers']} LSTM layer(s), "
-        f"heads {config['classes']}, Adam 1e-3, fp32, device {config['device']}; "
+        f"E={config['embed']}, H={config['hidden']}, {config['layers']} "
+        f"{config.get('cell', 'lstm').upper()} layer(s), heads {config['classes']}, Adam 1e-3, "
+        f"{config.get('dtype', 'float32')}, device {config['device']}; "
         f"warm-up {config['warmup']}, {config['repeats']} timed steps x "
-        f"{report['rounds']} round(s).",
+        f"{report['rounds']} round(s)."
+        + (f" Variant flags: {' '.join(report['variant_argv'])}."
+           if report.get("variant_argv") else ""),
         f"Model FLOPs per step: {report['flops']['step'] / 1e9:.3f} GFLOP "
         "(3x forward matmuls; see benchmarks/README.md).",
         f"Started {report['started']}; load average at start "
@@ -221,7 +231,9 @@ def markdown(report: dict[str, Any]) -> str:
     for r in results:
         if not r["ok"]:
             error = str(r.get("error", "failed")).splitlines()[0].replace("|", "\\|")
-            lines.append(f"| {r['peer']} | FAILED: {error} | - | - | - | - | - |")
+            status = "UNSUPPORTED" if r.get("unsupported") else "FAILED"
+            error = error.removeprefix("unsupported: ")
+            lines.append(f"| {r['peer']} | {status}: {error} | - | - | - | - | - |")
             continue
         relative = (f"{baseline['step_ms_median'] / r['step_ms_median']:.2f}x"
                     if baseline else "-")
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_step = args.batch * args.length
     flops = common.model_flops_per_step(batch=args.batch, length=args.length, embed=args.embed,
                                         hidden=args.hidden, classes=tuple(args.classes),
-                                        layers=args.layers)
+                                        layers=args.layers, cell=args.cell)
     per_peer: dict[str, list[dict[str, Any]]] = {name: [] for name in args.peers}
     for round_index in range(args.rounds):
         # Rotate the order each round so no peer always runs first (cold caches, turbo).
@@ -267,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": [sys.executable, *sys.argv],
         "machine": machine,
         "config": config,
+        "variant_argv": common.variant_argv(args),
         "rounds": args.rounds,
         "tokens_per_step": tokens_per_step,
         "flops": flops,

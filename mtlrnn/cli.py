@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlrnn`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    from mtlrnn import cpu_tuning
+
+    cpu_tuning.apply()  # before the first JAX computation (see mtlrnn/cpu_tuning.py)
     # Imported after argument parsing so that --help is instant.
     import json
 

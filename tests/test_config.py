@@ -178,7 +178,8 @@ BAD_RAW = [
     ({"tasks": {"options": {3: {}}}}, "tasks.options (key): expected str, got int 3"),
     ({"tasks": {"options": []}}, "tasks.options: expected a mapping, got list []"),
     # Literal choices
-    ({"model": {"cell": "lsmt"}}, "model.cell: must be one of lstm, gru, rnn, mingru, minlstm; got 'lsmt'"),
+    ({"model": {"cell": "lsmt"}},
+     "model.cell: must be one of lstm, gru, rnn, mingru, minlstm; got 'lsmt'"),
     ({"model": {"param_dtype": "float16"}}, "model.param_dtype: must be one of float32, bfloat16"),
     ({"train": {"eval_splits": ["val"]}}, "train.eval_splits[0]: must be one of train, dev, test;"),
     (

@@ -4,6 +4,9 @@ Input -> Embedding -> LSTM(H, return_sequences=True) -> one Dense(C_k, softmax) 
 Adam(1e-3); sparse categorical cross-entropy per output, summed with weight 1 (so the loss is
 the sum of the K per-task means, as in every other peer); no metrics. The timed call is
 `model.train_on_batch`, which returns Python floats and therefore syncs.
+--cell gru / rnn use keras.layers.GRU / SimpleRNN; --dtype bfloat16 sets Keras's
+"mixed_bfloat16" dtype policy (bf16 compute, float32 variables; the softmax heads stay
+float32, as Keras's mixed-precision guide recommends). Other variant options are unsupported.
 Run: python benchmarks/peers/keras_lstm.py [--batch 32 --length 64 ... --threads N]
 Prints one JSON line (see common.py); {"ok": false, "error": "keras not installed"} without it.
 """
@@ -14,8 +17,11 @@ import os
 
 import common
 
+CELLS = ("lstm", "gru", "rnn")
+
 
 def build(args: argparse.Namespace, batches: list) -> common.Runner:
+    common.require(args, "keras_lstm", cell=CELLS, dtype=common.DTYPES)
     os.environ["KERAS_BACKEND"] = "jax"  # must precede the first keras import
     import keras
 
@@ -25,11 +31,15 @@ def build(args: argparse.Namespace, batches: list) -> common.Runner:
     import jax.numpy as jnp
 
     keras.utils.set_random_seed(args.seed)
+    if args.dtype == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU,
+                 "rnn": keras.layers.SimpleRNN}[args.cell]
     tokens_in = keras.Input(shape=(args.length,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(args.vocab, args.embed)(tokens_in)  # [B, L, E]
     for _ in range(args.layers):
-        x = keras.layers.LSTM(args.hidden, return_sequences=True)(x)  # [B, L, H]
-    outputs = [keras.layers.Dense(c, activation="softmax", name=f"task{k}")(x)
+        x = recurrent(args.hidden, return_sequences=True)(x)  # [B, L, H]
+    outputs = [keras.layers.Dense(c, activation="softmax", name=f"task{k}", dtype="float32")(x)
                for k, c in enumerate(args.classes)]  # K x [B, L, C_k]
     model = keras.Model(tokens_in, outputs)
     model.compile(
@@ -57,7 +67,9 @@ def build(args: argparse.Namespace, batches: list) -> common.Runner:
             "jax": jax.__version__,
             "jaxlib": importlib.metadata.version("jaxlib"),
         },
-        extra={"backend": jax.default_backend(), "keras_jit_compile": bool(model.jit_compile)},
+        extra={**common.jax_device_info(jax), "keras_jit_compile": bool(model.jit_compile),
+               "dtype_policy": keras.config.dtype_policy().name},
+        finish=common.jax_finish(jax),
     )
 
 

@@ -1,53 +1,116 @@
 """Throughput peer: mtlrnn's own train step (MultiTaskRNN + task_losses + equal weights).
 
-Same model as the other peers: embedding, one unidirectional LSTM layer (the scanned trunk),
-one linear head per task (here stacked on a task axis and applied with one vmapped call),
+Same model as the other peers: embedding, unidirectional recurrent layer(s) (the trunk), one
+linear head per task (here stacked on a task axis and applied with one vmapped call),
 loss = sum over tasks of the mean token cross-entropy, Adam (lr 1e-3, no clipping, constant
-schedule). The step is `mtlrnn.make_train_step`, jitted with the state donated.
+schedule). The step is `mtlrnn.make_train_step`, jitted with the state donated and compiled
+ahead of time on the first step (so XLA's memory estimate of the step is recorded).
+
+Variant options (common.add_variant_args) map onto `mtlrnn.MultiTaskRNN` attributes:
+--cell -> cell, --impl -> impl, --scan -> scan, --unroll -> unroll, --remat -> remat,
+--remat-chunk -> remat_chunk, --dtype bfloat16 -> dtype=jnp.bfloat16 (param_dtype stays
+float32). Only options set to a non-default value are passed, so the peer runs against an
+mtlrnn that lacks the newer attributes as long as they are not asked for; asking for one it
+lacks gives an "unsupported" record.
 Run: python benchmarks/peers/mtlrnn_peer.py [--batch 32 --length 64 ... --threads N]
 Prints one JSON line (see common.py).
 """
 
 import argparse
+import dataclasses
 import importlib.metadata
+from typing import Any
 
 import common
+import numpy as np
+
+# CLI option -> MultiTaskRNN attribute, for the options passed through unchanged.
+MODEL_OPTIONS = {"impl": "impl", "scan": "scan", "unroll": "unroll", "remat": "remat",
+                 "remat_chunk": "remat_chunk"}
+# Attributes recorded in the JSON line (what the model actually used, defaults included).
+REPORTED = ("cell", "impl", "scan", "unroll", "remat", "remat_chunk")
 
 
-def reference_model_and_data(args: argparse.Namespace, batches: list) -> tuple:
-    """The reference model (K token heads, one unidirectional LSTM, no dropout) and the
-    pre-generated batches as mtlrnn batches; shared with weighting_worker.py."""
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """MultiTaskRNN keyword arguments for the variant options of `args`: `cell` always,
+    everything else only when set to a non-default value."""
     import jax.numpy as jnp
 
+    import mtlrnn
+
+    variant = common.variant_of(args)
+    options: dict[str, Any] = {"cell": variant["cell"]}
+    for key, attribute in MODEL_OPTIONS.items():
+        if variant[key] != common.VARIANT_DEFAULTS[key]:
+            options[attribute] = variant[key]
+    if variant["dtype"] == "bfloat16":
+        options["dtype"] = jnp.bfloat16
+        options["param_dtype"] = jnp.float32
+    known = {f.name for f in dataclasses.fields(mtlrnn.MultiTaskRNN)}
+    missing = sorted(k for k in options if k not in known)
+    if missing:
+        raise common.Unsupported(
+            f"this mtlrnn's MultiTaskRNN has no attribute(s) {', '.join(missing)}")
+    return options
+
+
+def build_model(args: argparse.Namespace) -> Any:
+    """The reference model: K token heads, unidirectional trunk, no dropout."""
     import mtlrnn
 
     tasks = tuple(
         mtlrnn.TaskSpec(f"task{k}", "token", "classification", num_classes=c)
         for k, c in enumerate(args.classes)
     )
-    model = mtlrnn.MultiTaskRNN(
+    return mtlrnn.MultiTaskRNN(
         tasks=tasks,
         vocab_size=args.vocab,
         embed_dim=args.embed,
-        cell="lstm",
         hidden_size=args.hidden,
         num_layers=args.layers,
         bidirectional=False,
         dropout=0.0,
+        **model_options(args),
     )
+
+
+def reference_model_and_data(args: argparse.Namespace, batches: list) -> tuple:
+    """The reference model and the pre-generated batches as mtlrnn batches; shared with
+    weighting_worker.py and benchmarks/memory.py."""
+    import jax.numpy as jnp
+
+    model = build_model(args)
     lengths = jnp.full((args.batch,), args.length, jnp.int32)
     data = [
         {
             "inputs": jnp.asarray(tokens),
             "lengths": lengths,
-            "labels": {t.name: jnp.asarray(y) for t, y in zip(tasks, labels, strict=True)},
+            "labels": {t.name: jnp.asarray(y) for t, y in zip(model.tasks, labels,
+                                                                strict=True)},
         }
         for tokens, labels in batches
     ]
     return model, data
 
 
+def model_attributes(model: Any) -> dict[str, Any]:
+    """The trunk attributes the model was built with (absent ones are skipped)."""
+    found = {}
+    for name in REPORTED:
+        if hasattr(model, name):
+            value = getattr(model, name)
+            found[name] = value if isinstance(value, str | int | bool | None) else str(value)
+    for name in ("dtype", "param_dtype"):
+        try:
+            found[name] = np.dtype(getattr(model, name)).name
+        except TypeError:
+            found[name] = str(getattr(model, name, "?"))
+    return found
+
+
 def build(args: argparse.Namespace, batches: list) -> common.Runner:
+    # common.main has applied mtlrnn.cpu_tuning (as `mtlrnn train` does) unless
+    # --cpu-tuning off.
     import jax
     import optax
 
@@ -58,7 +121,9 @@ def build(args: argparse.Namespace, batches: list) -> common.Runner:
     tx = optax.adam(1e-3)
     strategy = weighting.get("equal")
     state = mtlrnn.create_train_state(model, tx, strategy, data[0], seed=args.seed)
-    train_step = jax.jit(mtlrnn.make_train_step(model, tx, strategy), donate_argnums=0)
+    extra: dict[str, Any] = {**common.jax_device_info(jax), "model": model_attributes(model)}
+    train_step = common.AotStep(
+        jax.jit(mtlrnn.make_train_step(model, tx, strategy), donate_argnums=0), extra)
 
     def step(i: int) -> tuple:
         nonlocal state
@@ -75,7 +140,8 @@ def build(args: argparse.Namespace, batches: list) -> common.Runner:
             "flax": importlib.metadata.version("flax"),
             "optax": optax.__version__,
         },
-        extra={"backend": jax.default_backend(), "devices": len(jax.devices())},
+        extra=extra,
+        finish=common.jax_finish(jax),
     )
 
 
