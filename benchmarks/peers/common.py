@@ -131,7 +131,7 @@ def add_variant_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remat-chunk", type=int, default=None,
                         help="mtlrnn: time steps per rematerialised chunk (0 = auto)")
     parser.add_argument("--cpu-tuning", choices=("auto", "on", "off"), default="auto",
-                        help="mtlrnn.cpu_tuning (XLA:CPU flag + malloc thresholds) before the "
+                        help="mtlrnn.cpu_tuning (glibc malloc thresholds) before the "
                              "framework starts: auto = only the mtlrnn peer (as `mtlrnn "
                              "train` does), on = this peer too, off = not even mtlrnn")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
