@@ -178,28 +178,25 @@ def recurrent_layer(
     # Time-major, one slot per direction; the backward direction reads time reversed, so
     # right padding comes first for it and its carry stays at the initial zeros until its
     # first valid step (no per-row flipping).
-    xt = jnp.swapaxes(x, 0, 1)
     mt = jnp.swapaxes(mask, 0, 1)
-    if dirs == 2:
-        xt = jnp.stack([xt, xt[::-1]], axis=1)
-        mt = jnp.stack([mt, mt[::-1]], axis=1)
-    else:
-        xt, mt = xt[:, None], mt[:, None]
+    mt = jnp.stack([mt, mt[::-1]], axis=1) if dirs == 2 else mt[:, None]
     w_ih = jnp.stack([p["w_ih"] for p in params])
-    b_ih = jnp.stack([p["b_ih"] for p in params])[None, :, None, :]
+    b_ih = jnp.stack([p["b_ih"] for p in params])
     classic = cell not in MIN_CELLS
     if classic:
         w_hh = jnp.stack([p["w_hh"] for p in params])
         b_hh = jnp.stack([p["b_hh"] for p in params])
 
-    def run(xc: chex.Array, mc: chex.Array, carry: Carry) -> tuple[chex.Array, Carry]:
-        # The input projection of every step of every direction in one matmul.
-        gx = jnp.einsum("ldbi,dig->ldbg", xc, w_ih) + b_ih
+    def recurrence(gx: chex.Array, mc: chex.Array, carry: Carry) -> tuple[chex.Array, Carry]:
         if not classic:
             return _min_recurrence(cell, gx, mc, carry, scan, unroll)
         if impl == "fused":
             return fused_recurrence(cell, gx, w_hh, b_hh, mc, carry0=carry, unroll=unroll)
         return _autodiff_recurrence(cell, gx, w_hh, b_hh, mc, carry, unroll)
+
+    def project(xc: chex.Array) -> chex.Array:
+        """``[c, D, B, I] -> [c, D, B, G*H]``: every step's input projection."""
+        return jnp.einsum("ldbi,dig->ldbg", xc, w_ih) + b_ih[None, :, None, :]
 
     zeros = jnp.zeros((dirs, batch, hidden), x.dtype)
     carry0 = (zeros, zeros) if cell == "lstm" else (zeros,)
@@ -207,6 +204,8 @@ def recurrent_layer(
         chunk = remat_chunk or max(1, math.ceil(math.sqrt(length)))
         chunks = -(-length // chunk)
         pad = chunks * chunk - length
+        xt = jnp.swapaxes(x, 0, 1)
+        xt = jnp.stack([xt, xt[::-1]], axis=1) if dirs == 2 else xt[:, None]
         if pad:  # padded steps are masked: the carry passes through, outputs are zero
             xt = jnp.pad(xt, ((0, pad), (0, 0), (0, 0), (0, 0)))
             mt = jnp.pad(mt, ((0, pad), (0, 0), (0, 0)))
@@ -215,13 +214,25 @@ def recurrent_layer(
 
         @functools.partial(jax.checkpoint, prevent_cse=False)
         def body(carry: Carry, inputs: tuple[chex.Array, chex.Array]) -> tuple[Carry, chex.Array]:
-            ys, carry = run(*inputs, carry)
+            # The chunk's input projection is recomputed in the backward pass too.
+            xc, mc = inputs
+            ys, carry = recurrence(project(xc), mc, carry)
             return carry, ys
 
         final, ys = jax.lax.scan(body, carry0, (xt, mt))
         ys = ys.reshape(chunks * chunk, *ys.shape[2:])[:length]
     else:
-        ys, final = run(xt, mt, carry0)
+        # One [L*B, I] x [I, D*G*H] matmul projects every step of both directions; the
+        # backward direction's half is then reversed in time.
+        xt = jnp.swapaxes(x, 0, 1).reshape(length * batch, -1)
+        width = w_ih.shape[-1]
+        gx = xt @ jnp.concatenate(list(w_ih), axis=-1) + b_ih.reshape(-1)
+        gx = gx.reshape(length, batch, dirs * width)
+        if dirs == 2:
+            gx = jnp.stack([gx[..., :width], gx[::-1, :, width:]], axis=1)
+        else:
+            gx = gx[:, None]
+        ys, final = recurrence(gx, mt, carry0)
     outs = [ys[:, 0]] if dirs == 1 else [ys[:, 0], ys[::-1, 1]]
     y = jnp.swapaxes(jnp.concatenate(outs, axis=-1), 0, 1)
     finals = [tuple(c[d] for c in final) for d in range(dirs)]
