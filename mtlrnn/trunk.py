@@ -113,24 +113,26 @@ def _min_recurrence(
     cell: str,
     gx: chex.Array,
     mask: chex.Array,
-    carry0: Carry,
+    carry0: Carry | None,
     method: str,
     unroll: int,
 ) -> tuple[chex.Array, Carry]:
-    """minGRU / minLSTM over ``[L, D, B, G*H]`` (directions folded into the batch)."""
+    """minGRU / minLSTM over ``[L, D, B, G*H]`` (directions folded into the batch);
+    ``carry0`` None means a zero initial state."""
     length, dirs, batch, _ = gx.shape
     flat_gx = gx.reshape(length, dirs * batch, -1)
     flat_mask = mask.reshape(length, dirs * batch)
     method = choose_scan(method, platform=jax.default_backend(), length=length)
     a, b = coefficients(cell, flat_gx)
     ys, final = linear_scan(a, b, flat_mask, method=method, unroll=unroll)
-    (h0,) = carry0
-    h0 = h0.reshape(dirs * batch, -1).astype(ys.dtype)
-    # A non-zero initial state (a remat chunk after the first) adds prod(a) * h0: the
-    # recurrence is linear, so the zero-start solution plus the decayed start is exact.
-    decay = jnp.cumprod(jnp.where(flat_mask[..., None], a, jnp.ones_like(a)), axis=0)
-    ys = ys + jnp.where(flat_mask[..., None], decay * h0, jnp.zeros_like(ys))
-    final = final + decay[-1] * h0
+    if carry0 is not None:
+        (h0,) = carry0
+        h0 = h0.reshape(dirs * batch, -1).astype(ys.dtype)
+        # A non-zero initial state (a remat chunk after the first) adds prod(a) * h0: the
+        # recurrence is linear, so the zero-start solution plus the decayed start is exact.
+        decay = jnp.cumprod(jnp.where(flat_mask[..., None], a, jnp.ones_like(a)), axis=0)
+        ys = ys + jnp.where(flat_mask[..., None], decay * h0, jnp.zeros_like(ys))
+        final = final + decay[-1] * h0
     ys = ys.reshape(length, dirs, batch, -1).astype(gx.dtype)
     return ys, (final.reshape(dirs, batch, -1).astype(gx.dtype),)
 
@@ -187,9 +189,14 @@ def recurrent_layer(
         w_hh = jnp.stack([p["w_hh"] for p in params])
         b_hh = jnp.stack([p["b_hh"] for p in params])
 
-    def recurrence(gx: chex.Array, mc: chex.Array, carry: Carry) -> tuple[chex.Array, Carry]:
+    def recurrence(
+        gx: chex.Array, mc: chex.Array, carry: Carry | None
+    ) -> tuple[chex.Array, Carry]:
         if not classic:
             return _min_recurrence(cell, gx, mc, carry, scan, unroll)
+        if carry is None:
+            zeros = jnp.zeros((dirs, batch, hidden), gx.dtype)
+            carry = (zeros, zeros) if cell == "lstm" else (zeros,)
         if impl == "fused":
             return fused_recurrence(cell, gx, w_hh, b_hh, mc, carry0=carry, unroll=unroll)
         return _autodiff_recurrence(cell, gx, w_hh, b_hh, mc, carry, unroll)
@@ -232,7 +239,7 @@ def recurrent_layer(
             gx = jnp.stack([gx[..., :width], gx[::-1, :, width:]], axis=1)
         else:
             gx = gx[:, None]
-        ys, final = recurrence(gx, mt, carry0)
+        ys, final = recurrence(gx, mt, None)
     outs = [ys[:, 0]] if dirs == 1 else [ys[:, 0], ys[::-1, 1]]
     y = jnp.swapaxes(jnp.concatenate(outs, axis=-1), 0, 1)
     finals = [tuple(c[d] for c in final) for d in range(dirs)]
