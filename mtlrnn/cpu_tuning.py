@@ -6,13 +6,15 @@ reference step of benchmarks/). glibc serves blocks above its mmap threshold (at
 ``munmap`` on free, so every training step page-faults its whole working set in again. In a
 profile of the reference step (2-core AMD EPYC, jaxlib 0.10.2; B=32, L=64, E=128, H=256,
 3 heads, fused LSTM) zero-filling one [64, 32, 1024] gate buffer took 6 ms and the step
-about 40 ms. Raising glibc's mmap threshold to 1 GiB and its trim threshold to 2 GiB
+about 40 ms. Raising glibc's mmap and trim thresholds to 2 GiB (the most ``mallopt`` takes)
 (``mallopt``) keeps freed blocks in the heap for reuse by the next step: 28-30 ms
 (benchmarks/RESULTS.md). Allocations made from other threads go to per-thread arenas whose
 heaps are at most 64 MiB, so a larger block there is mmapped whatever the threshold: one arena
 (``M_ARENA_MAX=1``) serves them from the main heap too ([32768, 128] x [128, 512], 64 MiB
 out: 30 -> 11 ms). The cost: RSS stays at its peak instead of shrinking between steps, and
-threads share one malloc lock (XLA allocates few, large blocks).
+threads share one malloc lock (XLA allocates few, large blocks). A step whose temporaries
+exceed 2 GiB still maps them fresh (minGRU at L=4096: 832 ms with a 1 GiB threshold, 489 ms
+with 2 GiB).
 
 This applies to the whole process. ``MTLRNN_CPU_TUNING=0`` turns it off. Library users call
 :func:`apply` first thing to get what ``mtlrnn train`` gets (it also speeds up other JAX
@@ -32,7 +34,7 @@ from collections.abc import Mapping
 
 # glibc mallopt parameters (malloc.h) and the values set.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MALLOC_SETTINGS = {M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: (1 << 31) - 1, M_ARENA_MAX: 1}
+MALLOC_SETTINGS = {M_MMAP_THRESHOLD: (1 << 31) - 1, M_TRIM_THRESHOLD: (1 << 31) - 1, M_ARENA_MAX: 1}
 
 
 def enabled(env: Mapping[str, str] | None = None) -> bool:

@@ -205,9 +205,9 @@ def recurrent_layer(
         """``[c, D, B, I] -> [c, D, B, G*H]``: every step's input projection."""
         return jnp.einsum("ldbi,dig->ldbg", xc, w_ih) + b_ih[None, :, None, :]
 
-    zeros = jnp.zeros((dirs, batch, hidden), x.dtype)
-    carry0 = (zeros, zeros) if cell == "lstm" else (zeros,)
     if remat:
+        zeros = jnp.zeros((dirs, batch, hidden), x.dtype)
+        carry0 = (zeros, zeros) if cell == "lstm" else (zeros,)
         chunk = remat_chunk or max(1, math.ceil(math.sqrt(length)))
         chunks = -(-length // chunk)
         pad = chunks * chunk - length
