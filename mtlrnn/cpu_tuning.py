@@ -6,8 +6,8 @@ reference step of benchmarks/). glibc serves blocks above its mmap threshold (at
 ``munmap`` on free, so every training step page-faults its whole working set in again. In a
 profile of the reference step (2-core AMD EPYC, jaxlib 0.10.2; B=32, L=64, E=128, H=256,
 3 heads, fused LSTM) zero-filling one [64, 32, 1024] gate buffer took 6 ms and the step
-about 40 ms. Raising glibc's mmap and trim thresholds to 2 GiB (the most ``mallopt`` takes)
-(``mallopt``) keeps freed blocks in the heap for reuse by the next step: 28-30 ms
+about 40 ms. Raising glibc's mmap and trim thresholds to 2 GiB (``mallopt``; the most it
+takes) keeps freed blocks in the heap for reuse by the next step: 27-30 ms
 (benchmarks/RESULTS.md). Allocations made from other threads go to per-thread arenas whose
 heaps are at most 64 MiB, so a larger block there is mmapped whatever the threshold: one arena
 (``M_ARENA_MAX=1``) serves them from the main heap too ([32768, 128] x [128, 512], 64 MiB
@@ -18,7 +18,7 @@ with 2 GiB).
 
 This applies to the whole process. ``MTLRNN_CPU_TUNING=0`` turns it off. Library users call
 :func:`apply` first thing to get what ``mtlrnn train`` gets (it also speeds up other JAX
-code on CPU: Flax's ``nn.RNN`` LSTM step went from 38 to 29 ms with it).
+code on CPU: Flax's ``nn.RNN`` LSTM step went from 38 to 28-32 ms with it).
 
 Tried and dropped: ``--xla_cpu_experimental_ynn_fusion_type=-individual_dot`` (XLA's Eigen
 dots instead of YNNPACK) made the step 1.9x slower; ``-dot`` changes nothing in jaxlib 0.10.
