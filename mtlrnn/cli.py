@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,24 +78,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _largest_buffer(cfg: Any) -> int | None:
+    """Estimated bytes of the trunk's largest activation buffer for ``cfg`` (None when the
+    longest sequence is not known before the data is read)."""
+    from mtlrnn.cpu_tuning import largest_buffer_bytes
+    from mtlrnn.trunk import cell_gates
+
+    if cfg.data.buckets:
+        length = max(cfg.data.buckets)
+    elif cfg.data.source == "csv":
+        length = cfg.data.csv.window
+    else:
+        return None
+    return largest_buffer_bytes(
+        batch=cfg.train.batch_size,
+        length=length,
+        hidden=cfg.model.hidden_size,
+        gates=cell_gates(cfg.model.cell),
+        directions=2 if cfg.model.bidirectional else 1,
+        itemsize=2 if cfg.model.compute_dtype == "bfloat16" else 4,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlrnn`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    from mtlrnn import cpu_tuning
-
-    cpu_tuning.apply()  # before the first JAX computation (see mtlrnn/cpu_tuning.py)
     # Imported after argument parsing so that --help is instant.
     import json
 
+    from mtlrnn import cpu_tuning
     from mtlrnn.config import ConfigError
     from mtlrnn.config import load_config
     from mtlrnn.reporting import json_safe
 
     try:
         if args.command == "train":
+            cfg = load_config(args.config, args.overrides)
+            # Before the first JAX computation (see mtlrnn/cpu_tuning.py).
+            cpu_tuning.apply(largest_buffer=_largest_buffer(cfg))
             from mtlrnn.run import fit
 
-            cfg = load_config(args.config, args.overrides)
             summary = fit(cfg, args.workdir, verbose=not args.quiet)
             if summary.get("interrupted"):
                 # Stopped by SIGTERM/SIGINT after a checkpoint (fit printed the line): a clean
@@ -103,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.quiet:
                 print(json.dumps(json_safe(summary["eval"]), sort_keys=True))
         elif args.command == "compare":
+            cpu_tuning.apply()
             from mtlrnn.compare import compare
 
             result = compare(
@@ -126,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 1
         elif args.command == "predict":
+            cpu_tuning.apply()
             from mtlrnn.predict import predict
 
             predict(
@@ -136,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 verbose=not args.quiet,
             )
         else:
+            cpu_tuning.apply()
             from mtlrnn.run import evaluate
 
             result = evaluate(args.workdir, verbose=not args.quiet)

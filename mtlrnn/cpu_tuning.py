@@ -11,10 +11,12 @@ takes) keeps freed blocks in the heap for reuse by the next step: 27-30 ms
 (benchmarks/RESULTS.md). Allocations made from other threads go to per-thread arenas whose
 heaps are at most 64 MiB, so a larger block there is mmapped whatever the threshold: one arena
 (``M_ARENA_MAX=1``) serves them from the main heap too ([32768, 128] x [128, 512], 64 MiB
-out: 30 -> 11 ms). The cost: RSS stays at its peak instead of shrinking between steps, and
-threads share one malloc lock (XLA allocates few, large blocks). A step whose temporaries
-exceed 2 GiB still maps them fresh (minGRU at L=4096: 832 ms with a 1 GiB threshold, 489 ms
-with 2 GiB).
+out: 30 -> 11 ms; minGRU at L=1024: 200 -> 120 ms). One arena costs where buffers are small:
+threads then share one malloc lock, which slowed XLA's compilation and the default job
+(44.9 -> 49.7 s). So it is only set when the caller's estimate of the largest activation
+buffer (:func:`largest_buffer_bytes`) is at least 32 MiB. A step whose temporaries exceed
+2 GiB still maps them fresh (minGRU at L=4096: 832 ms with a 1 GiB threshold, 489 ms with
+2 GiB). The cost of all this: RSS stays at its peak instead of shrinking between steps.
 
 This applies to the whole process. ``MTLRNN_CPU_TUNING=0`` turns it off. Library users call
 :func:`apply` first thing to get what ``mtlrnn train`` gets (it also speeds up other JAX
@@ -34,7 +36,9 @@ from collections.abc import Mapping
 
 # glibc mallopt parameters (malloc.h) and the values set.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MALLOC_SETTINGS = {M_MMAP_THRESHOLD: (1 << 31) - 1, M_TRIM_THRESHOLD: (1 << 31) - 1, M_ARENA_MAX: 1}
+MALLOC_SETTINGS = {M_MMAP_THRESHOLD: (1 << 31) - 1, M_TRIM_THRESHOLD: (1 << 31) - 1}
+# Per-thread arena heaps are at most 64 MiB; from half of that a block may not fit one.
+SINGLE_ARENA_FROM_BYTES = 32 << 20
 
 
 def enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -43,9 +47,18 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     return env.get("MTLRNN_CPU_TUNING", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def tune_malloc() -> bool:
-    """Raise glibc's mmap and trim thresholds (see the module docstring); False where
-    there is no glibc ``mallopt`` (macOS, musl) or it refused a value."""
+def largest_buffer_bytes(
+    *, batch: int, length: int, hidden: int, gates: int, directions: int = 1, itemsize: int = 4
+) -> int:
+    """The trunk's largest activation buffer: the gate pre-activations of all steps,
+    ``[L, D, B, G*H]`` (what :func:`apply`'s single-arena rule looks at)."""
+    return batch * length * hidden * gates * directions * itemsize
+
+
+def tune_malloc(*, single_arena: bool = False) -> bool:
+    """Raise glibc's mmap and trim thresholds, and with ``single_arena`` use one arena (see
+    the module docstring); False where there is no glibc ``mallopt`` (macOS, musl) or it
+    refused a value."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -54,11 +67,28 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.items())
+    settings = dict(MALLOC_SETTINGS)
+    if single_arena:
+        settings[M_ARENA_MAX] = 1
+    return all(mallopt(param, value) == 1 for param, value in settings.items())
 
 
-def apply(env: Mapping[str, str] | None = None) -> dict[str, bool]:
+def apply(
+    env: Mapping[str, str] | None = None, *, largest_buffer: int | None = None
+) -> dict[str, bool]:
     """Apply the settings to this process unless ``MTLRNN_CPU_TUNING=0`` in ``env``
-    (default ``os.environ``). Call before the first JAX computation; returns
-    ``{"malloc": applied}``."""
-    return {"malloc": enabled(env) and tune_malloc()}
+    (default ``os.environ``). Call before the first JAX computation.
+
+    Args:
+      env: where to read ``MTLRNN_CPU_TUNING``.
+      largest_buffer: estimated bytes of the largest activation buffer of a training step
+        (:func:`largest_buffer_bytes`); one malloc arena from ``SINGLE_ARENA_FROM_BYTES`` on,
+        none when unknown.
+    Returns:
+      ``{"malloc": applied, "single_arena": set}``.
+    """
+    if not enabled(env):
+        return {"malloc": False, "single_arena": False}
+    single = largest_buffer is not None and largest_buffer >= SINGLE_ARENA_FROM_BYTES
+    applied = tune_malloc(single_arena=single)
+    return {"malloc": applied, "single_arena": single and applied}

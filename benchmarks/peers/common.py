@@ -427,8 +427,13 @@ def main(name: str, build: Callable[[argparse.Namespace, list], Runner],
     cpu_tuning: dict[str, Any] = {"mode": tuning}
     if tuning == "on" or (tuning == "auto" and name == "mtlrnn"):
         from mtlrnn import cpu_tuning as tuner  # process settings; before any JAX computation
+        from mtlrnn.trunk import cell_gates
 
-        cpu_tuning.update(tuner.apply())
+        largest = tuner.largest_buffer_bytes(
+            batch=args.batch, length=args.length, hidden=args.hidden,
+            gates=cell_gates(getattr(args, "cell", "lstm")),
+            itemsize=2 if getattr(args, "dtype", "float32") == "bfloat16" else 4)
+        cpu_tuning.update(tuner.apply(largest_buffer=largest))
     elif tuning == "off":
         os.environ["MTLRNN_CPU_TUNING"] = "0"
     try:
