@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark suite benchmarks/run.py at tiny shapes (~35 s on 2 cores).
+"""Smoke test of the benchmark suite benchmarks/run.py at tiny shapes (~20 s on 2 cores).
 
 One `run.py --quick` subprocess runs the matmul peak, the tasks sweep (K = 1, 3) for mtlrnn
 and torch_lstm (when torch is importable), and the memory search for the LSTM trunk; the
@@ -18,7 +18,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 RUN = BENCH / "run.py"
-HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
@@ -90,7 +89,9 @@ def test_memory_search_brackets_the_budget():
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    peers = "mtlrnn,torch_lstm" if HAS_TORCH else "mtlrnn"
+    # mtlrnn only: torch through the same harness is covered by test_bench_smoke.py, and
+    # every peer process costs seconds of the suite's time budget.
+    peers = "mtlrnn"
     proc = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--only", "peak,tasks,memory", "--peers", peers,
          "--threads", "1", "--out", str(out)],
@@ -114,7 +115,7 @@ def test_suite_tasks_rows_are_positive(suite):
     _, data = suite
     entry = data["suites"]["tasks"]
     assert entry["status"] == "complete"
-    expected_peers = {"mtlrnn", "torch_lstm"} if HAS_TORCH else {"mtlrnn"}
+    expected_peers = {"mtlrnn"}
     runs = entry["runs"]
     assert {r["peer"] for r in runs} == expected_peers
     assert sorted({r["point"]["tasks"] for r in runs}) == [1, 3]
@@ -147,13 +148,11 @@ def test_suite_markdown_and_plots(suite):
     for heading in ("## Matmul peak", "## tasks", "## memory (`memory.py`)"):
         assert heading in text
     rows = [line for line in text.splitlines() if line.startswith("| K=")]
-    assert len(rows) == (4 if HAS_TORCH else 2)
+    assert len(rows) == 2
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[3].replace(",", "")) > 0  # tokens/s
         assert cells[6].endswith("%") and float(cells[6][:-1]) > 0  # % of matmul peak
-    if HAS_TORCH:
-        assert any("1.00x" in row for row in rows)
     if HAS_MPL:
         png = out / "plots" / "throughput_vs_tasks.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
