@@ -22,8 +22,8 @@ def test_single_arena_only_for_large_buffers(monkeypatch):
     monkeypatch.setattr(cpu_tuning, "tune_malloc",
                         lambda single_arena=False: calls.append(single_arena) or True)
     assert cpu_tuning.apply({}) == {"malloc": True, "single_arena": False}
-    assert cpu_tuning.apply({}, largest_buffer=(32 << 20) - 1)["single_arena"] is False
-    assert cpu_tuning.apply({}, largest_buffer=32 << 20)["single_arena"] is True
+    assert cpu_tuning.apply({}, largest_buffer=(12 << 20) - 1)["single_arena"] is False
+    assert cpu_tuning.apply({}, largest_buffer=12 << 20)["single_arena"] is True
     assert calls == [False, False, True]
 
 
