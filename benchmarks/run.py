@@ -294,9 +294,7 @@ class Suite:
 def run_script(name: str, script: Path, argv: list[str],
                args: argparse.Namespace) -> dict[str, Any]:
     """A benchmark script in its own process (peer thread environment); its JSON line."""
-    env = dict(os.environ)
-    env.update(common.thread_env(args.threads, args.device))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env = common.child_env(args.threads, args.device)
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(script), *argv], env=env, cwd=REPO_ROOT,

@@ -107,9 +107,7 @@ def run_peer(name: str, args: argparse.Namespace) -> dict[str, Any]:
     script = PEERS_DIR / SCRIPTS.get(name, f"{name}.py")
     if not script.is_file():
         return common.failure(name, f"script missing: {script.relative_to(REPO_ROOT)}")
-    env = dict(os.environ)
-    env.update(common.thread_env(args.threads, args.device))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env = common.child_env(args.threads, args.device)
     cmd = [sys.executable, str(script), *peer_argv(args)]
     start = time.perf_counter()
     try:

@@ -105,9 +105,7 @@ def run_worker(name: str, script: Path, argv: list[str], args: argparse.Namespac
                ) -> dict[str, Any]:
     """One worker process; always returns a record with "ok". On a timeout, the rows the
     weighting worker finished (its `@row` stderr lines) are kept in `partial_rows`."""
-    env = dict(os.environ)
-    env.update(common.thread_env(args.threads, args.device))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env = common.child_env(args.threads, args.device)
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(script), *argv], env=env, cwd=REPO_ROOT,

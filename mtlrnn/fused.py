@@ -265,8 +265,7 @@ def _recurrence(
     mask: chex.Array,
     carry0: Carry,
 ) -> tuple[chex.Array, Carry]:
-    final, saved = _FORWARD[cell](gx, w_hh, b_hh, mask, carry0, unroll)
-    return _where(mask, saved[0], jnp.zeros_like(saved[0])), final
+    return _recurrence_fwd(cell, unroll, gx, w_hh, b_hh, mask, carry0)[0]
 
 
 def _recurrence_fwd(

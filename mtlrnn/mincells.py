@@ -115,15 +115,17 @@ def _combine(
     return a1 * a2, a2 * b1 + b2
 
 
-def _sequential_states(a: chex.Array, b: chex.Array, unroll: int) -> chex.Array:
-    """All states ``h_t`` of the recurrence with a ``lax.scan`` (``[L, ...]`` in, out)."""
+def _sequential_states(
+    a: chex.Array, b: chex.Array, h0: chex.Array, unroll: int
+) -> chex.Array:
+    """All states ``h_t`` of the recurrence from ``h0`` with a ``lax.scan``."""
 
     def body(h: chex.Array, ab: tuple[chex.Array, chex.Array]) -> tuple[chex.Array, chex.Array]:
         a_t, b_t = ab
         h = a_t * h + b_t
         return h, h
 
-    _, hs = jax.lax.scan(body, jnp.zeros_like(b[0]), (a, b), unroll=unroll)
+    _, hs = jax.lax.scan(body, h0, (a, b), unroll=unroll)
     return hs
 
 
@@ -135,9 +137,16 @@ def _associative_states(a: chex.Array, b: chex.Array) -> chex.Array:
 
 
 def linear_scan(
-    a: chex.Array, b: chex.Array, mask: chex.Array, *, method: str, unroll: int = 1
+    a: chex.Array,
+    b: chex.Array,
+    mask: chex.Array,
+    *,
+    method: str,
+    unroll: int = 1,
+    h0: chex.Array | None = None,
 ) -> tuple[chex.Array, chex.Array]:
-    """``h_t = a_t * h_{t-1} + b_t`` with ``h_{-1} = 0``, over axis 0, for a padded batch.
+    """``h_t = a_t * h_{t-1} + b_t`` with ``h_{-1} = h0`` (default 0), over axis 0, for a
+    padded batch.
 
     Args:
       a: ``[L, B, H]`` multiplicative coefficients.
@@ -146,9 +155,10 @@ def linear_scan(
         as ``a = 1, b = 0``, chosen with ``where``) and outputs zero.
       method: ``sequential`` (``lax.scan``) or ``associative`` (``lax.associative_scan``).
       unroll: ``lax.scan`` unroll factor (sequential only).
+      h0: ``[B, H]`` initial state (a remat chunk after the first); zeros when None.
     Returns:
       ``(ys [L, B, H], h_final [B, H])``: ``ys`` is zero on padded steps; ``h_final`` is the
-      state after the last valid step (zero for an empty row). Computed in at least float32,
+      state after the last valid step (``h0`` for an empty row). Computed in at least float32,
       returned in the result dtype of ``a`` and ``b``.
     """
     if method not in SCANS:
@@ -157,15 +167,20 @@ def linear_scan(
     chex.assert_shape(mask, a.shape[:2])
     out_dtype = jnp.result_type(a, b)
     dtype = _accum_dtype(out_dtype)
+    start = jnp.zeros(a.shape[1:], dtype) if h0 is None else h0.astype(dtype)
     if a.shape[0] == 0:
-        return jnp.zeros(a.shape, out_dtype), jnp.zeros(a.shape[1:], out_dtype)
+        return jnp.zeros(a.shape, out_dtype), start.astype(out_dtype)
     m = mask[:, :, None]
     a = jnp.where(m, a.astype(dtype), jnp.ones((), dtype))
     b = jnp.where(m, b.astype(dtype), jnp.zeros((), dtype))
     if method == "sequential":
-        hs = _sequential_states(a, b, unroll)
+        hs = _sequential_states(a, b, start, unroll)
     else:
         hs = _associative_states(a, b)
+        if h0 is not None:
+            # Linear in the state: the zero-start solution plus the start decayed by
+            # prod(a) so far (a is 1 on padded steps, so they keep it).
+            hs = hs + jnp.cumprod(a, axis=0) * start
     ys = jnp.where(m, hs, jnp.zeros((), dtype))
     # Padded steps keep the state, so the last step's state is the last valid step's.
     return ys.astype(out_dtype), hs[-1].astype(out_dtype)
@@ -194,7 +209,13 @@ def choose_scan(method: str, *, platform: str, length: int) -> str:
 
 
 def min_layer(
-    cell: str, gx: chex.Array, mask: chex.Array, *, method: str = "auto", unroll: int = 1
+    cell: str,
+    gx: chex.Array,
+    mask: chex.Array,
+    *,
+    method: str = "auto",
+    unroll: int = 1,
+    h0: chex.Array | None = None,
 ) -> tuple[chex.Array, chex.Array]:
     """One direction of one minGRU / minLSTM layer over a padded, time-major batch.
 
@@ -204,6 +225,7 @@ def min_layer(
       mask: ``[L, B]`` bool, True on valid steps.
       method: ``auto``, ``sequential`` or ``associative`` (see :func:`choose_scan`).
       unroll: ``lax.scan`` unroll factor for the sequential scan.
+      h0: ``[B, H]`` initial state; zeros when None.
     Returns:
       ``(y [L, B, H], h_final [B, H])`` in ``gx.dtype``; ``y`` is zero on padded steps.
     """
@@ -213,5 +235,5 @@ def min_layer(
     # where(), but a NaN there would still turn the (zero) gradient into 0 * NaN.
     gx = jnp.where(mask[:, :, None], gx, jnp.zeros((), gx.dtype))
     a, b = coefficients(cell, gx)
-    ys, h_final = linear_scan(a, b, mask, method=method, unroll=unroll)
+    ys, h_final = linear_scan(a, b, mask, method=method, unroll=unroll, h0=h0)
     return ys.astype(gx.dtype), h_final.astype(gx.dtype)

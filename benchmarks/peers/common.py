@@ -41,6 +41,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,16 @@ def thread_env(threads: int, device: str = "cpu") -> dict[str, str]:
     if "xla_cpu_multi_thread_eigen" not in xla_flags:
         xla_flags = f"{xla_flags} {XLA_THREAD_FLAG}".strip()
     env["XLA_FLAGS"] = xla_flags
+    return env
+
+
+def child_env(threads: int, device: str = "cpu") -> dict[str, str]:
+    """Environment of a benchmark subprocess: this one's, plus `thread_env` and the
+    repository root on PYTHONPATH (so `import mtlrnn` works from any script)."""
+    env = dict(os.environ)
+    env.update(thread_env(threads, device))
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
