@@ -102,3 +102,16 @@ def test_bad_column_index(tmp_path):
         read_columns(p, columns={"t": -1})
     with pytest.raises(ValueError, match="word_column"):
         read_columns(p, columns={"t": 1}, word_column=-2)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_non_utf8_byte_names_file_line_and_column(tmp_path, newline):
+    # 600 good lines (past the first 8 KiB read), then a Latin-1 "é" (0xE9, not UTF-8).
+    lines = [f"w{i} NN" for i in range(600)] + ["", "caf\udce9 NN"]
+    p = tmp_path / "latin1.txt"
+    p.write_bytes(newline.join(lines).encode("utf-8", errors="surrogateescape"))
+    with pytest.raises(ValueError) as e:
+        read_columns(p, columns={"pos": 1})
+    msg = str(e.value)
+    assert "latin1.txt:602:" in msg and "line 602, column 4" in msg
+    assert "expected UTF-8" in msg and "0xe9" in msg

@@ -313,3 +313,21 @@ def test_real_ud_english_ewt_dev():
     upos = {t for s in sents for t in s.columns["upos"]}
     assert len(upos) == 17
     assert all(len(s.columns["feats"]) == len(s.words) for s in sents)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("copies", [1, 400])  # 400: the bad byte lies past the first 8 KiB
+def test_non_utf8_byte_names_file_line_and_column(tmp_path, newline, copies):
+    # A Latin-1 "é" (0xE9, not UTF-8) in the FORM of the last sentence's second word.
+    good = [*SENT2, ""] * copies
+    bad = row("2", "caf\udce9", "know", "VERB", "VBP", "_", "0", "root", "_", "_")
+    lines = [*good, SENT2[1], bad, SENT2[3], ""]
+    path = tmp_path / "latin1.conllu"
+    data = newline.join(lines).encode("utf-8", errors="surrogateescape")
+    path.write_bytes(data)
+    n = len(good) + 2  # the bad line's number
+    with pytest.raises(ValueError) as e:
+        read_conllu(path)
+    msg = str(e.value)
+    assert f"latin1.conllu:{n}:" in msg and f"line {n}, column 6" in msg
+    assert "expected UTF-8" in msg and "0xe9" in msg

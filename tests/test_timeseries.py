@@ -284,3 +284,20 @@ def test_bad_files_and_targets(tmp_path):
         Target("y", kind="ordinal")
     with pytest.raises(ValueError, match=r"Target: level must be"):
         Target("y", level="step")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_non_utf8_byte_names_file_line_and_column(tmp_path, newline):
+    # A Latin-1 "é" (0xE9, not UTF-8) in a label on line 702 (past the first 8 KiB read).
+    rows = ["x,y,lab"] + [f"{i},{i},a" for i in range(700)] + ["1,2,caf\udce9"]
+    p = tmp_path / "latin1.csv"
+    p.write_bytes((newline.join(rows) + newline).encode("utf-8", errors="surrogateescape"))
+    for read in (
+        lambda: read_csv_table(p, columns=["lab"]),
+        lambda: load({"train": p}),
+    ):
+        with pytest.raises(ValueError) as e:
+            read()
+        msg = str(e.value)
+        assert "latin1.csv:702:" in msg and "line 702, column 8" in msg
+        assert "expected UTF-8" in msg and "0xe9" in msg

@@ -4,14 +4,17 @@ Format: one token per line, whitespace-separated columns (e.g. CoNLL-2003 NER:
 ``word POS chunk NER``), a blank line between sentences. Lines starting with
 ``-DOCSTART-`` are document separators and are skipped, together with the blank line that
 follows them. Every non-blank, non-``-DOCSTART-`` line of a file must have the same number
-of columns.
+of columns. Files are UTF-8; a byte that is not is reported with its line and column.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from collections.abc import Mapping
+
+from mtlrnn.data.text import utf8_error
 
 DOCSTART = "-DOCSTART-"
 
@@ -25,6 +28,15 @@ class Sentence:
 
     def __len__(self) -> int:
         return len(self.words)
+
+
+def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 file; a byte that is not UTF-8 names its line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from enumerate(f, start=1)
+    except UnicodeDecodeError:
+        raise utf8_error(path, "column-file text") from None
 
 
 def read_columns(
@@ -45,8 +57,9 @@ def read_columns(
 
     Raises:
       ValueError: a negative column index; a line with fewer columns than needed (naming
-        the file, line number and expected column count); or a line whose column count
-        differs from the file's first token line.
+        the file, line number and expected column count); a line whose column count
+        differs from the file's first token line; or a byte that is not UTF-8 (naming the
+        file, line and column).
     """
     indices = {"word_column": word_column, **{f"column of {t!r}": c for t, c in columns.items()}}
     for what, idx in indices.items():
@@ -69,33 +82,32 @@ def read_columns(
         words = []
         labels = {t: [] for t in columns}
 
-    with open(name, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                if not skip_blank:
-                    flush()
-                skip_blank = False
-                continue
-            skip_blank = False
-            if fields[0].startswith(DOCSTART):
+    for lineno, line in _numbered_lines(name):
+        fields = line.split()
+        if not fields:
+            if not skip_blank:
                 flush()
-                skip_blank = True
-                continue
-            if len(fields) < needed:
-                raise ValueError(
-                    f"{name}:{lineno}: expected at least {needed} columns, got {len(fields)}: "
-                    f"{line.rstrip()!r}"
-                )
-            if width is None:
-                width, width_line = len(fields), lineno
-            elif len(fields) != width:
-                raise ValueError(
-                    f"{name}:{lineno}: inconsistent column count: got {len(fields)}, but "
-                    f"line {width_line} has {width}"
-                )
-            words.append(fields[word_column])
-            for task, c in columns.items():
-                labels[task].append(fields[c])
+            skip_blank = False
+            continue
+        skip_blank = False
+        if fields[0].startswith(DOCSTART):
+            flush()
+            skip_blank = True
+            continue
+        if len(fields) < needed:
+            raise ValueError(
+                f"{name}:{lineno}: expected at least {needed} columns, got {len(fields)}: "
+                f"{line.rstrip()!r}"
+            )
+        if width is None:
+            width, width_line = len(fields), lineno
+        elif len(fields) != width:
+            raise ValueError(
+                f"{name}:{lineno}: inconsistent column count: got {len(fields)}, but "
+                f"line {width_line} has {width}"
+            )
+        words.append(fields[word_column])
+        for task, c in columns.items():
+            labels[task].append(fields[c])
     flush()
     return sentences

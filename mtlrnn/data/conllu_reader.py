@@ -4,7 +4,8 @@ Parsing uses the ``conllu`` package (``conllu.parse_incr``). Before parsing, a c
 the raw lines checks the layout and reports problems as ``ValueError("<file>:<line>: ...")``:
 a non-comment, non-blank line must have 10 tab-separated fields and an ID that is an integer
 (a word), a range ``a-b`` (a multiword token) or a decimal ``a.b`` (an empty node); word ids in
-a sentence must run 1, 2, 3, ... A file with no sentence at all is rejected too.
+a sentence must run 1, 2, 3, ...; the file must be UTF-8 (the error names the line and column
+of the first byte that is not). A file with no sentence at all is rejected too.
 
 Only regular word lines are kept: multiword-token ranges (``3-4  don't``) and empty nodes
 (``5.1``) are skipped, so every sentence is the sequence of its syntactic words. Columns kept
@@ -31,6 +32,7 @@ import numpy as np
 from mtlrnn.data.dataset import SequenceDataset
 from mtlrnn.data.text import TextData
 from mtlrnn.data.text import encode_text
+from mtlrnn.data.text import utf8_error
 from mtlrnn.data.vocab import Vocabulary
 from mtlrnn.tasks import TaskSpec
 
@@ -120,8 +122,8 @@ def _validate(path: str) -> list[int]:
                 if not in_sentence:
                     starts.append(lineno)
                     in_sentence = True
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: expected UTF-8 CoNLL-U text, cannot decode it ({e})") from e
+    except UnicodeDecodeError:
+        raise utf8_error(path, "CoNLL-U text") from None
     if not starts:
         raise ValueError(f"{path}: expected CoNLL-U token lines, found no sentence at all")
     return starts

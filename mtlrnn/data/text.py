@@ -18,6 +18,7 @@ label column. All vocabularies are fitted on the ``train`` split only:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -153,3 +154,36 @@ def vocabs_from_dict(
         {t: Vocabulary.from_dict(v) for t, v in d["labels"].items()},
         int(d.get("max_word_len", 0)),
     )
+
+
+def utf8_error(path: str | os.PathLike[str], what: str) -> ValueError:
+    """The error for a file that is not UTF-8: ``"<file>:<line>: expected UTF-8 <what>, ..."``.
+
+    Text-mode reading reports a decoding error at a byte offset inside a buffered chunk, not
+    at a line; this reads the file again as bytes to name the line (counted as Python's
+    universal newlines count it: ``\\n``, ``\\r\\n`` or ``\\r`` ends a line), the column
+    (in characters) and the first byte that is not UTF-8. Call it from an ``except
+    UnicodeDecodeError`` block and raise what it returns.
+    """
+    path = os.fspath(path)
+    line = 1
+    with open(path, "rb") as f:
+        for chunk in f:  # split at b"\n", which never occurs inside a UTF-8 sequence
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as e:
+                before = chunk[: e.start]
+                start = max(before.rfind(b"\n"), before.rfind(b"\r")) + 1
+                line += _line_breaks(before)
+                column = len(before[start:].decode("utf-8")) + 1
+                return ValueError(
+                    f"{path}:{line}: expected UTF-8 {what}, got the byte "
+                    f"0x{chunk[e.start]:02x} on line {line}, column {column} ({e.reason}); "
+                    "convert the file to UTF-8"
+                )
+            line += _line_breaks(chunk)
+    return ValueError(f"{path}: expected UTF-8 {what}, cannot decode it")
+
+
+def _line_breaks(data: bytes) -> int:
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")

@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 
 from mtlrnn.data.dataset import SequenceDataset
+from mtlrnn.data.text import utf8_error
 from mtlrnn.data.vocab import LabelVocabulary
 from mtlrnn.data.vocab import label_vocab
 from mtlrnn.tasks import TaskSpec
@@ -151,8 +152,8 @@ def _read_table(path: str, columns: Sequence[str]) -> tuple[dict[str, list[str]]
                     )
                 rows.append(row)
                 starts.append(start)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: expected UTF-8 CSV text, cannot decode it ({e})") from e
+    except UnicodeDecodeError:
+        raise utf8_error(path, "CSV text") from None
     except csv.Error as e:
         raise ValueError(f"{path}:{reader.line_num}: expected well-formed CSV, got: {e}") from e
     table = {c: [r[names.index(c)] for r in rows] for c in wanted}
@@ -172,8 +173,9 @@ def read_csv_table(path: str | os.PathLike[str], *, columns: Sequence[str]) -> d
 
     Raises:
       ValueError: an empty file (no header), a column missing from the header or named twice
-        in it (naming the file and the available columns), or a row whose field count differs
-        from the header's (naming the file and line).
+        in it (naming the file and the available columns), a row whose field count differs
+        from the header's (naming the file and line), or a byte that is not UTF-8 (naming the
+        file, line and column).
     """
     if isinstance(columns, str):
         raise ValueError(f"columns: must be a sequence of column names, got the string {columns!r}")
