@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,11 @@ def test_read_keeps_regular_words_only(sample):
     # line numbers of each sentence's first token line (1-based, comments before it)
     assert s1.line == 4
     assert s2.line == 13
+    # HEAD of each regular word (0 = the root); '_' is None.
+    assert s1.heads == [5, 5, 5, 5, 0] and s2.heads == [2, 0, 2]
+    lines = [row("1", "a", "a", "X", "_", "_", "_", "_", "_", "_")]
+    nohead = write(Path(sample).parent, "nohead.conllu", lines)
+    assert read_conllu(nohead)[0].heads == [None]
 
 
 def test_feats_canonical_string(sample):

@@ -204,6 +204,11 @@ def test_conllu_training_learns_and_predict_round_trips(encoder, treebank, tmp_p
         ok = sum(a == b for gs, ps in zip(gold, pred, strict=True)
                  for a, b in zip(gs.columns[task], ps.columns[task], strict=True))
         n = sum(len(s) for s in gold)
+        if task == "deprel":
+            # DEPREL is made consistent with the gold HEAD (root iff HEAD is 0); a label this
+            # changes disagreed with the gold tree, so it was wrong: accuracy can only rise.
+            assert ok / n >= dev[task]["accuracy"] - 1e-9
+            continue
         # Predictions written to the file score exactly what evaluation reported.
         assert ok / n == pytest.approx(dev[task]["accuracy"], abs=1e-9), task
 

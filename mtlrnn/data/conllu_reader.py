@@ -10,10 +10,11 @@ of the first byte that is not). A file with no sentence at all is rejected too.
 Only regular word lines are kept: multiword-token ranges (``3-4  don't``) and empty nodes
 (``5.1``) are skipped, so every sentence is the sequence of its syntactic words. Columns kept
 per word (keys of :attr:`Sentence.columns`): ``"upos"``, ``"xpos"``, ``"feats"``, ``"deprel"``
-(``FORM`` is :attr:`Sentence.words`). An empty field is ``"_"``. ``FEATS`` is the whole string,
-serialised canonically as ``Key=Val|Key=Val`` sorted by feature name (case-insensitively, as
-UD orders them). With ``feats_split=True`` there is also one column ``"feats:<Name>"`` per
-feature name seen in the file, holding that feature's value or ``"_"``.
+(``FORM`` is :attr:`Sentence.words`, ``HEAD`` :attr:`Sentence.heads`). An empty field is
+``"_"``. ``FEATS`` is the whole string, serialised canonically as ``Key=Val|Key=Val`` sorted by
+feature name (case-insensitively, as UD orders them). With ``feats_split=True`` there is also
+one column ``"feats:<Name>"`` per feature name seen in the file, holding that feature's value
+or ``"_"``.
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ class Sentence:
       columns: column name (``"upos"``, ``"xpos"``, ``"feats"``, ``"deprel"``, and
         ``"feats:<Name>"`` with ``feats_split``) -> one label per word.
       line: 1-based line number of the sentence's first token line in its file.
+      heads: the HEAD of each word: a word id, 0 for the root, ``None`` where HEAD is ``_``.
     """
 
     words: list[str]
     columns: dict[str, list[str]]
     line: int = 0
+    heads: list[int | None] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -136,7 +139,7 @@ def read_conllu(path: str | os.PathLike[str], *, feats_split: bool = False) -> l
     """
     path = os.fspath(path)
     starts = _validate(path)
-    raw: list[tuple[list[str], dict[str, list[str]], list[dict[str, str]]]] = []
+    raw: list[tuple[list[str], dict[str, list[str]], list[dict[str, str]], list[int | None]]] = []
     with open(path, encoding="utf-8") as f:
         parsed = conllu.parse_incr(f)
         k = 0
@@ -155,6 +158,7 @@ def read_conllu(path: str | os.PathLike[str], *, feats_split: bool = False) -> l
             words: list[str] = []
             cols: dict[str, list[str]] = {c: [] for c in COLUMNS}
             feats: list[dict[str, str]] = []
+            heads: list[int | None] = []
             for tok in tokens:
                 if not isinstance(tok["id"], int):  # multiword range or empty node
                     continue
@@ -164,19 +168,25 @@ def read_conllu(path: str | os.PathLike[str], *, feats_split: bool = False) -> l
                 cols["feats"].append(_feats_string(tok["feats"]))
                 cols["deprel"].append(_value(tok["deprel"]))
                 feats.append(dict(tok["feats"] or {}))
+                heads.append(tok["head"])
             if not words:
                 raise ValueError(
                     f"{where}: expected at least one regular word line (integer ID) in the "
                     "sentence starting here, found only multiword tokens / empty nodes"
                 )
-            raw.append((words, cols, feats))
+            raw.append((words, cols, feats, heads))
             k += 1
     if feats_split:
-        names = sorted({n for _, _, fs in raw for d in fs for n in d}, key=lambda n: (n.lower(), n))
-        for _, cols, fs in raw:
+        names = sorted(
+            {n for _, _, fs, _ in raw for d in fs for n in d}, key=lambda n: (n.lower(), n)
+        )
+        for _, cols, fs, _ in raw:
             for n in names:
                 cols[FEATS_PREFIX + n] = [_value(d.get(n)) for d in fs]
-    return [Sentence(words=w, columns=c, line=starts[i]) for i, (w, c, _) in enumerate(raw)]
+    return [
+        Sentence(words=w, columns=c, line=starts[i], heads=h)
+        for i, (w, c, _, h) in enumerate(raw)
+    ]
 
 
 def _column(sentence: Sentence, task: str) -> list[str]:
