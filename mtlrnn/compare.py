@@ -13,13 +13,43 @@ methods run with their default hyper-parameters), and a gradient method that can
 the config's ``weighting.mode`` runs in its first allowed mode (``mgda_ub``:
 ``representation``); each run's ``--set`` overrides in ``plan.json`` say what it got.
 
+Directory names: a method or ``single-<task>`` name becomes one path component by
+:func:`path_component`: ASCII letters, digits, ``-``, ``_`` and ``.`` (not leading or
+trailing) stay as they are, every other character is percent-encoded as UTF-8 bytes
+(``single-../../x`` -> ``single-..%2F..%2Fx``, reversible with
+:func:`urllib.parse.unquote`), and a
+component longer than 120 characters is cut to a prefix plus ``~`` and a hash of the
+whole name. Reports and ``plan.json`` keep the real names. Two names that would share a
+directory on a case-insensitive filesystem are refused, and every planned workdir must
+resolve (symlinks included) inside ``outdir``, else ConfigError before anything is written.
+
 The plan is written to ``<outdir>/plan.json``. Runs are resumable (a run whose workdir has
 ``summary.json`` is done; a workdir without it was interrupted and resumes from its latest
 checkpoint (``mtlrnn train`` resumes by default), else it is trained again from
-scratch) and safe to share between processes: a process trains a run only after creating
-``<workdir>.lock`` atomically, and skips runs whose lock another process holds. ``--shard
-I/N`` splits the list up front (runs whose index modulo ``N`` is ``I``); shards on several
-machines over one shared ``<outdir>`` together train every run once.
+scratch) and safe to share between processes: a process trains a run only while it holds
+``<workdir>.lock``, created atomically with the holder's host, boot id, pid namespace,
+pid and the pid's start time (and, with ``--jobs``, the training subprocess's). A lock
+expires with its holder: on the same host (same host name, boot id and pid namespace) it
+is stale once none of its processes runs any more (a recycled pid does not count, its start
+time differs); a holder elsewhere (a shared filesystem) touches the lock every quarter of
+the lease, and its lock is stale once it has not been touched for the lease (default 300 s;
+``MTLRNN_LOCK_LEASE_S`` or ``lock_lease_s=``; the longer of the reader's and the holder's).
+A stale lock is taken over race-free (one taker at a time, through an exclusive claim file
+named after that lock; it renames the lock aside and checks that it moved the one it judged;
+locks are only ever created by an exclusive link) and its run resumed. ``--shard I/N`` splits the
+list up front (runs whose index modulo ``N`` is ``I``); shards on several machines over one
+shared ``<outdir>`` together train every run once.
+
+With ``--jobs N`` the runs are subprocesses and each job slot gets its own accelerators:
+NVIDIA GPUs (``CUDA_VISIBLE_DEVICES`` as given, else ``nvidia-smi -L``) are split into N
+disjoint groups and passed as ``CUDA_VISIBLE_DEVICES``; TPU chips (``TPU_VISIBLE_CHIPS``,
+else ``/dev/accel*`` or ``/dev/vfio/*``) as ``TPU_VISIBLE_CHIPS`` with 1, 2 or 4 chips per
+process (TPU chips cannot be shared: at most one job per chip group runs). More jobs than
+GPUs share them round-robin, with a note on stderr. On CPU nothing changes.
+
+Every file written for the user (``plan.json``, the reports, ``delta_m.png``, each run's
+``train.log``) is written to a temporary file in its directory and renamed into place
+(:mod:`mtlrnn.fileio`).
 
 The report (``compare.md``, ``compare.csv``, ``compare.json``, ``delta_m.png``) is written
 from whatever runs have finished. Per method: each task metric as mean ± sample std over
@@ -37,17 +67,24 @@ import concurrent.futures
 import contextlib
 import csv
 import dataclasses
+import functools
+import hashlib
 import io
 import json
 import math
 import os
+import queue
 import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -61,11 +98,13 @@ from mtlrnn.config import resolve_tasks
 from mtlrnn.delta import delta_m
 from mtlrnn.delta import delta_p
 from mtlrnn.delta import summarize_seeds
+from mtlrnn.fileio import atomic_writer
+from mtlrnn.fileio import write_text_atomic
 from mtlrnn.reporting import json_safe
 from mtlrnn.sources import absolute_paths
 from mtlrnn.sources import load_data
 
-__all__ = ["Run", "compare", "execute", "plan_runs", "report"]
+__all__ = ["Run", "compare", "execute", "path_component", "plan_runs", "report"]
 
 #: Method names accepted besides the registry names, mapped to them.
 ALIASES: dict[str, str] = {"ew": "equal"}
@@ -87,7 +126,8 @@ class Run:
       name: the report row it belongs to: ``single-<task>`` or the method as given (``ew``).
       method: the weighting's registry name (``equal`` for single-task baselines).
       seed: its ``train.seed``.
-      workdir: its output directory, ``<outdir>/runs/<name>/seed<seed>``.
+      workdir: its output directory, ``<outdir>/runs/<component>/seed<seed>`` where
+        ``<component>`` is :func:`path_component` of ``name``.
       overrides: every ``--set`` override of the run: the comparison's shared ones first,
         then the run's own.
       config_path: the YAML config (None: the built-in defaults).
@@ -152,6 +192,70 @@ def _check_methods(methods: Sequence[str] | str) -> list[tuple[str, str]]:
 def _yaml_name(name: str) -> str:
     """``name`` as a YAML flow scalar: bare when safe, else JSON-quoted (valid YAML)."""
     return name if re.fullmatch(r"[A-Za-z_][\w.-]*", name) else json.dumps(name)
+
+
+#: Characters a path component keeps as they are; every other one is percent-encoded.
+_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+#: Longest path component made from a name; longer ones are cut and get a hash (most
+#: filesystems allow 255 bytes, eCryptfs 143; the lock and temporary files add to it).
+_MAX_COMPONENT = 120
+
+
+def path_component(name: str) -> str:
+    """``name`` as one safe directory name: the same name always gives the same component.
+
+    ASCII letters, digits, ``-``, ``_`` and ``.`` stay; every other character (``/``,
+    ``\\``, NUL, spaces, ``%``, non-ASCII) and a leading or trailing ``.`` become ``%XX``
+    per UTF-8 byte, so ``.``, ``..`` and separators never reach the filesystem and
+    :func:`urllib.parse.unquote` gives ``name`` back. A result longer than 120 characters
+    is cut to its first 100 and ``~`` plus 16 hex digits of the SHA-256 of ``name`` (``~``
+    is never produced by the encoding, so the two forms cannot collide).
+
+    Raises:
+      ValueError: ``name`` is empty.
+    """
+    if not name:
+        raise ValueError("name: must not be empty")
+    out = []
+    last = len(name) - 1
+    for i, ch in enumerate(name):
+        if ch in _SAFE_CHARS and not (ch == "." and i in (0, last)):
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    text = "".join(out)
+    if len(text) <= _MAX_COMPONENT:
+        return text
+    head = text[:100]
+    cut = head.rfind("%", len(head) - 2)  # never split a %XX escape
+    if cut != -1:
+        head = head[:cut]
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{head}~{digest}"
+
+
+def _check_workdirs(runs: Sequence[Run], outdir: str) -> None:
+    """Planned workdirs are distinct (ignoring case) and resolve inside ``outdir``."""
+    root = os.path.realpath(outdir)
+    seen: dict[str, Run] = {}
+    for run in runs:
+        key = os.path.normcase(os.path.normpath(run.workdir)).casefold()
+        other = seen.setdefault(key, run)
+        if other.name != run.name or other.seed != run.seed:
+            a, b = (r.task if r.task is not None else r.name for r in (other, run))
+            raise ConfigError(
+                f"tasks: {a!r} and {b!r} would share the directory "
+                f"{os.path.relpath(run.workdir, outdir)} (names are compared ignoring case, "
+                "as some filesystems do); rename one of them"
+            )
+        for path in (run.workdir, f"{run.workdir}.lock"):
+            real = os.path.realpath(path)
+            if os.path.commonpath([root, real]) != root:
+                raise ConfigError(
+                    f"--outdir: run {run.name!r} seed {run.seed} would be written to {real}, "
+                    f"outside {root} (a symlink, or a plan.json not written by compare); "
+                    "give --outdir the real directory"
+                )
 
 
 def _check_seeds(seeds: int) -> int:
@@ -221,7 +325,7 @@ def _plan(
                 name=name,
                 method=registry,
                 seed=seed,
-                workdir=os.path.join(runs_dir, name, f"seed{seed}"),
+                workdir=os.path.join(runs_dir, path_component(name), f"seed{seed}"),
                 overrides=(*shared, *run_overrides),
                 config_path=path,
                 task=task,
@@ -232,6 +336,7 @@ def _plan(
             except ConfigError as e:
                 raise ConfigError(f"{e} (run {name} seed {seed})") from None
             planned.append((run, run_cfg))
+    _check_workdirs([run for run, _ in planned], os.fspath(outdir))
     return planned
 
 
@@ -257,8 +362,9 @@ def plan_runs(
       overrides: the shared ``--set`` overrides ``cfg`` was loaded with.
 
     Raises:
-      ConfigError: an unknown or repeated method, ``seeds < 1``, or a run whose config is
-        invalid (the message names the key and the run), before any training.
+      ConfigError: an unknown or repeated method, ``seeds < 1``, a run whose config is
+        invalid (the message names the key and the run), two task names that differ only
+        in case, or a workdir that would resolve outside ``outdir``; before any training.
     """
     return [run for run, _ in _plan(cfg, config_path, methods, seeds, outdir, overrides)]
 
@@ -277,16 +383,15 @@ def _config_diff(a: Config, b: Config) -> list[str]:
 
 def _check_finished(planned: Sequence[tuple[Run, Config]], outdir: str) -> None:
     """A finished run must have been trained with the config the plan gives it now."""
+    from mtlrnn.run import load_run
+
     for run, run_cfg in planned:
-        saved = os.path.join(run.workdir, "config.yaml")
         if not os.path.isfile(os.path.join(run.workdir, "summary.json")):
             continue
-        if not os.path.isfile(saved):
-            continue
         try:
-            old = load_config(saved)
+            old = load_run(run.workdir)
         except ConfigError:
-            continue  # written by another version of the schema; nothing to compare
+            continue  # no saved config, or another version of the schema: nothing to compare
         diff = _config_diff(old, run_cfg)
         if diff:
             rel = os.path.relpath(run.workdir, outdir)
@@ -345,15 +450,8 @@ def _read_plan(outdir: str) -> tuple[list[Run], dict[str, Any]]:
         )
         for r in plan["runs"]
     ]
+    _check_workdirs(runs, outdir)
     return runs, plan
-
-
-def _write_atomic(path: str, text: str) -> None:
-    # Several processes (shards) may write the same report; readers never see half a file.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,22 +489,477 @@ def _log_tail(path: str, lines: int = 3) -> str:
     return " | ".join(tail)
 
 
-def _train_in_process(run: Run) -> str | None:
+# --------------------------------------------------------------------------------------------
+# Locks: one per run, expiring with its holder
+# --------------------------------------------------------------------------------------------
+
+#: Default lease of a lock held from another host, in seconds (MTLRNN_LOCK_LEASE_S).
+LOCK_LEASE_S = 300.0
+_LEASE_ENV = "MTLRNN_LOCK_LEASE_S"
+#: The lock format of earlier versions: ``pid P host H since T``.
+_OLD_LOCK = re.compile(r"pid (\d+) host (\S+) since (\d+)")
+
+
+def _lease_seconds(lease_s: float | None) -> float:
+    """The lease: ``lease_s``, else ``$MTLRNN_LOCK_LEASE_S``, else 300 s."""
+    key, value = "lock_lease_s", lease_s
+    if value is None:
+        key, value = _LEASE_ENV, os.environ.get(_LEASE_ENV) or LOCK_LEASE_S
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{key}: must be a number of seconds > 0; got {value!r}")
+    return seconds
+
+
+def _read_text(path: str) -> str | None:
+    with contextlib.suppress(OSError):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _host_identity() -> dict[str, str | None]:
+    """This host: its name, boot id and pid namespace (None where the OS has none)."""
+    boot = _read_text("/proc/sys/kernel/random/boot_id")
+    try:
+        pidns: str | None = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = None
+    return {
+        "host": socket.gethostname(),
+        "boot_id": boot.strip() if boot else None,
+        "pidns": pidns,
+    }
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """``(state, start time in clock ticks since boot)`` of a Linux process, else None."""
+    text = _read_text(f"/proc/{pid}/stat")
+    if not text or ")" not in text:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _process_record(pid: int) -> dict[str, Any]:
+    stat = _proc_stat(pid)
+    return {"pid": pid, "start": stat[1] if stat else None}
+
+
+def _alive(pid: Any, start: Any) -> bool:
+    """Whether process ``pid`` of this host runs and is the one that started at ``start``."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    except OSError:
+        return True  # cannot tell: assume the holder lives
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: the pid exists, and that is all we can know
+    state, now_start = stat
+    if state in ("Z", "X"):
+        return False  # exited, not yet reaped by its parent
+    return start is None or str(start) == now_start
+
+
+def _lock_info(text: str | None) -> dict[str, Any] | None:
+    """The holder recorded in a lock file's text; None when it cannot be read."""
+    if not text:
+        return None
+    with contextlib.suppress(ValueError):
+        info = json.loads(text)
+        if isinstance(info, dict):
+            return info
+    old = _OLD_LOCK.search(text)
+    if old:  # an earlier version's lock: no start time, no boot id, no lease renewal
+        return {"pid": int(old[1]), "host": old[2], "boot_id": None, "pidns": None}
+    return None
+
+
+def _lock_state(
+    info: dict[str, Any] | None, mtime: float, lease_s: float, now: float
+) -> tuple[bool, str]:
+    """``(stale, who or why)`` of a lock whose holder is ``info``, last touched at ``mtime``."""
+    here = _host_identity()
+    where = f"pid {info.get('pid')} on {info.get('host')}" if info else "an unreadable holder"
+    local = (
+        info is not None
+        and info.get("host") == here["host"]
+        and info.get("boot_id") == here["boot_id"]
+        and info.get("pidns") == here["pidns"]
+        and os.name == "posix"
+    )
+    if local:
+        procs = [info, *([info["child"]] if isinstance(info.get("child"), dict) else [])]
+        if any(_alive(p.get("pid"), p.get("start")) for p in procs):
+            return False, f"{where} (running)"
+        return True, f"{where} is no longer running"
+    # Another host (or a holder this host cannot check): the lease must have been renewed.
+    recorded = info.get("lease_s") if info else None
+    if isinstance(recorded, int | float) and not isinstance(recorded, bool) and recorded > 0:
+        lease_s = max(lease_s, float(recorded))
+    age = now - mtime
+    if age > lease_s:
+        return True, f"{where} has not renewed it for {age:.0f} s (lease {lease_s:.0f} s)"
+    return False, f"{where}, renewed {max(age, 0.0):.0f} s ago (lease {lease_s:.0f} s)"
+
+
+def _create_exclusive(path: str, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists; readers never see it half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".new", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails where path exists
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            pass  # no hard links on this filesystem
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _snapshot(path: str) -> tuple[tuple[int, int], float, str] | None:
+    """``((device, inode), mtime, text)`` of ``path``; None when it is not there."""
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino), st.st_mtime, text
+
+
+def _holder_record(lease_s: float) -> dict[str, Any]:
+    """What a lock (or a takeover claim) records about the process that holds it."""
+    return {
+        "version": 1,
+        "nonce": uuid.uuid4().hex,
+        **_host_identity(),
+        **_process_record(os.getpid()),
+        "child": None,
+        "since": round(time.time(), 3),
+        "lease_s": lease_s,
+    }
+
+
+def _take_over(
+    path: str, judged: tuple[tuple[int, int], float, str], lease_s: float, depth: int = 0
+) -> bool:
+    """Remove the stale lock ``judged`` from ``path``; False if it is not (or no longer) there.
+
+    Takers of one stale lock first create ``<path>.takeover-<hash of that lock>``
+    exclusively, so only one of them at a time moves it; it checks that ``path`` still
+    holds the very file it judged (inode and text, with its unique nonce), renames it
+    aside and checks again. Nobody but the lock's creator ever writes ``path`` (and
+    creation is an exclusive link), so a taker never moves a fresh lock, and after a
+    takeover exactly one process creates the next lock. A claim left by a taker that died
+    meanwhile expires like a lock (a claim of a claim, at most three deep).
+    """
+    identity = f"{judged[0][0]}:{judged[0][1]}:{judged[2]}".encode("utf-8", "surrogatepass")
+    claim = f"{path}.takeover-{hashlib.sha256(identity).hexdigest()[:16]}"
+    if not _create_exclusive(claim, json.dumps(_holder_record(lease_s)) + "\n"):
+        held = _snapshot(claim)
+        if held is not None and depth < 3:
+            stale, _ = _lock_state(_lock_info(held[2]), held[1], lease_s, time.time())
+            if stale:
+                _take_over(claim, held, lease_s, depth + 1)
+        return False  # being taken over right now: the caller looks again
+    try:
+        if _snapshot(path) != judged:
+            return False  # gone, renewed or replaced since it was judged
+        aside = f"{path}.stale-{uuid.uuid4().hex}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        moved = _snapshot(aside)
+        if moved is not None and (moved[0], moved[2]) == (judged[0], judged[2]):
+            with contextlib.suppress(OSError):
+                os.remove(aside)
+            return True
+        # Only a holder past its lease that released its lock just now gets here: put back
+        # what was moved unless a newer lock is there already.
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+        with contextlib.suppress(OSError):
+            os.remove(aside)
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(claim)
+
+
+class _Lock:
+    """A held ``<workdir>.lock``: renewed from a thread, removed on :meth:`release`."""
+
+    def __init__(self, path: str, record: dict[str, Any], lease_s: float):
+        self.path = path
+        self.record = record
+        self.lease_s = lease_s
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._thread = threading.Thread(target=self._renew, name="mtlrnn-lock", daemon=True)
+        self._thread.start()
+
+    def _ours(self) -> bool:
+        info = _lock_info(_read_text(self.path))
+        return info is not None and info.get("nonce") == self.record["nonce"]
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            with self._mutex:
+                if self._ours():
+                    with contextlib.suppress(OSError):
+                        os.utime(self.path)
+                elif os.path.exists(self.path):
+                    print(
+                        f"warning: {self.path} was taken over by another process while this "
+                        "one held it (lease too short for this filesystem?)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return
+
+    def set_child(self, pid: int) -> None:
+        """Record the training subprocess: the lock stays live while either process runs."""
+        with self._mutex:
+            if not self._ours():
+                return
+            self.record["child"] = _process_record(pid)
+            text = json.dumps(self.record) + "\n"
+            with contextlib.suppress(OSError), atomic_writer(self.path) as f:
+                f.write(text)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        with self._mutex, contextlib.suppress(FileNotFoundError):
+            if self._ours():  # never remove a lock another process has taken over
+                os.remove(self.path)
+
+
+def _acquire(path: str, lease_s: float) -> tuple[_Lock | None, list[str]]:
+    """Take the lock at ``path``: ``(the lock, notes)``, or ``(None, [who holds it])``."""
+    notes: list[str] = []
+    record = _holder_record(lease_s)
+    text = json.dumps(record) + "\n"
+    for _ in range(100):
+        if _create_exclusive(path, text):
+            return _Lock(path, record, lease_s), notes
+        judged = _snapshot(path)
+        if judged is None:
+            continue  # released meanwhile
+        stale, why = _lock_state(_lock_info(judged[2]), judged[1], lease_s, time.time())
+        if not stale:
+            return None, [why]
+        if _take_over(path, judged, lease_s):
+            notes.append(f"took over a stale lock: {why}")
+        else:
+            time.sleep(0.01)  # another process is taking it over: look again
+    return None, ["other processes kept taking it over"]
+
+
+# --------------------------------------------------------------------------------------------
+# Accelerators per job
+# --------------------------------------------------------------------------------------------
+
+
+def _id_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def _jax_plugins() -> frozenset[str]:
+    """Accelerator kinds the installed JAX can use (``"cuda"``, ``"tpu"``), from its packages.
+
+    Read from the installed distributions, so JAX is not initialised here.
+    """
+    import importlib.metadata
+
+    kinds: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith("jax-cuda") or (name == "jaxlib" and "cuda" in dist.version):
+            kinds.add("cuda")
+        elif name.startswith("libtpu"):
+            kinds.add("tpu")
+    return frozenset(kinds)
+
+
+def _visible_accelerators(environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``(kind, ids)`` of the accelerators a child process would use, without starting JAX.
+
+    ``kind`` is ``"cuda"`` (ids for ``CUDA_VISIBLE_DEVICES``: its own entries when it is
+    set, else indices or MIG UUIDs from ``nvidia-smi -L``), ``"tpu"`` (chip indices:
+    ``TPU_VISIBLE_CHIPS`` when set, else one per ``/dev/accel*`` or ``/dev/vfio/<n>``) or
+    ``""`` with no ids: CPU, a JAX without the CUDA or TPU plugin, or ``JAX_PLATFORMS``
+    without gpu, cuda or tpu.
+    """
+    platforms = (environ.get("JAX_PLATFORMS") or environ.get("JAX_PLATFORM_NAME") or "").lower()
+    wanted = set(_id_list(platforms)) or {"cuda", "gpu", "tpu"}
+    if "gpu" in wanted:
+        wanted.add("cuda")
+    wanted &= _jax_plugins()
+    if not wanted:
+        return "", []
+    if "CUDA_VISIBLE_DEVICES" in environ and "cuda" in wanted:
+        ids = _id_list(environ["CUDA_VISIBLE_DEVICES"])
+        if ids and not ids[0].startswith("-"):  # "" or "-1": no GPU at all
+            return "cuda", ids
+        return "", []
+    if "tpu" in wanted:
+        if environ.get("TPU_VISIBLE_CHIPS"):
+            return "tpu", _id_list(environ["TPU_VISIBLE_CHIPS"])
+        chips: list[int] = []
+        for folder, pattern in (("/dev", r"accel(\d+)"), ("/dev/vfio", r"(\d+)")):
+            with contextlib.suppress(OSError):
+                chips += [int(m[1]) for n in os.listdir(folder) if (m := re.fullmatch(pattern, n))]
+            if chips:
+                return "tpu", [str(c) for c in sorted(chips)]
+    if "cuda" in wanted and shutil.which("nvidia-smi"):
+        try:
+            listing = subprocess.run(
+                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ""
+        return ("cuda", ids) if (ids := _nvidia_ids(listing)) else ("", [])
+    return "", []
+
+
+def _nvidia_ids(listing: str) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` entries from ``nvidia-smi -L``: GPU indices, MIG UUIDs."""
+    ids: list[str] = []
+    for line in listing.splitlines():
+        gpu = re.match(r"GPU (\d+):", line)
+        mig = re.search(r"\(UUID: (MIG-[^)\s]+)\)", line)
+        if mig:  # MIG instances replace their GPU: only they can be addressed
+            if ids and ids[-1].isdigit():
+                ids.pop()
+            ids.append(mig[1])
+        elif gpu:
+            ids.append(gpu[1])
+    return ids
+
+
+def assign_devices(devices: Sequence[str], jobs: int, *, shareable: bool = True) -> list[list[str]]:
+    """The accelerators of each of ``jobs`` job slots.
+
+    With at least as many devices as jobs, the slots get disjoint contiguous groups, the
+    first ``len(devices) % jobs`` of them one device larger. With fewer devices than jobs,
+    each slot gets one device, shared round-robin. Devices that cannot be shared
+    (``shareable=False``, TPU chips) always go in disjoint groups of 1, 2 or 4 (the largest
+    that gives every job one) and there are as many slots as such groups fit, at most
+    ``jobs``: the caller runs that many jobs at once. No devices: one empty list per slot.
+
+    Example: ``assign_devices(["0", "1", "2"], 2) == [["0", "1"], ["2"]]``.
+    """
+    n = len(devices)
+    if n == 0:
+        return [[] for _ in range(jobs)]
+    if not shareable:
+        per = max(k for k in (4, 2, 1) if k <= max(n // jobs, 1))
+        slots = min(jobs, n // per)
+        return [list(devices[i * per : (i + 1) * per]) for i in range(slots)]
+    if jobs > n:
+        return [[devices[i % n]] for i in range(jobs)]
+    size, extra = divmod(n, jobs)
+    out, start = [], 0
+    for i in range(jobs):
+        end = start + size + (1 if i < extra else 0)
+        out.append(list(devices[start:end]))
+        start = end
+    return out
+
+
+def _device_env(kind: str, ids: Sequence[str], slot: int) -> dict[str, str]:
+    """Environment variables that show a child process only ``ids``."""
+    if kind == "cuda":
+        return {"CUDA_VISIBLE_DEVICES": ",".join(ids)}
+    if kind == "tpu":
+        bounds = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}[len(ids)]
+        port = str(8476 + slot)  # every process on the host needs its own
+        return {
+            "TPU_VISIBLE_CHIPS": ",".join(ids),
+            "TPU_CHIPS_PER_PROCESS_BOUNDS": bounds,
+            "TPU_PROCESS_BOUNDS": "1,1,1",
+            "TPU_PROCESS_PORT": port,
+            "TPU_PROCESS_ADDRESSES": f"localhost:{port}",
+            "TPU_MESH_CONTROLLER_ADDRESS": f"localhost:{port}",
+            "TPU_MESH_CONTROLLER_PORT": port,
+            "CLOUD_TPU_TASK_ID": "0",
+        }
+    return {}
+
+
+def _slot_envs(jobs: int, environ: Mapping[str, str], verbose: bool) -> list[dict[str, str]]:
+    """One environment update per job slot (fewer slots than ``jobs`` on TPUs, see above)."""
+    kind, ids = _visible_accelerators(environ)
+    if not ids:
+        return [{} for _ in range(jobs)]
+    groups = assign_devices(ids, jobs, shareable=kind != "tpu")
+    name = {"cuda": "GPU", "tpu": "TPU chip"}[kind]
+    if len(groups) < jobs:
+        _say(
+            True,
+            f"--jobs {jobs}: {len(ids)} {name}(s) cannot be shared between processes; "
+            f"running {len(groups)} job(s) at a time",
+        )
+    elif jobs > len(ids):
+        _say(
+            True,
+            f"--jobs {jobs}: only {len(ids)} {name}(s); jobs share them round-robin "
+            f"({', '.join(ids)})",
+        )
+    else:
+        _say(verbose, f"--jobs {jobs}: {name}s per job: {' | '.join(','.join(g) for g in groups)}")
+    return [_device_env(kind, g, slot) for slot, g in enumerate(groups)]
+
+
+# --------------------------------------------------------------------------------------------
+# Training one run
+# --------------------------------------------------------------------------------------------
+
+
+def _train_in_process(run: Run, lock: _Lock) -> str | None:
     """Train ``run`` with :func:`mtlrnn.run.fit`; the error text on failure, else None."""
     from mtlrnn import run as run_module
 
+    del lock  # this process is the lock's holder already
     try:
         cfg = load_config(run.config_path, run.overrides)
         run_module.fit(cfg, run.workdir, verbose=False)
     except Exception as e:  # one failed run must not stop the others
         os.makedirs(run.workdir, exist_ok=True)
-        with open(os.path.join(run.workdir, "train.log"), "w", encoding="utf-8") as f:
-            f.write(traceback.format_exc())
+        write_text_atomic(os.path.join(run.workdir, "train.log"), traceback.format_exc())
         return f"{type(e).__name__}: {' '.join(str(e).split())}"
     return None
 
 
-def _train_subprocess(run: Run) -> str | None:
+def _train_subprocess(run: Run, lock: _Lock, devices: Mapping[str, str]) -> str | None:
     """Train ``run`` with ``python -m mtlrnn.cli train``; the error text on failure."""
     import mtlrnn
 
@@ -416,40 +969,51 @@ def _train_subprocess(run: Run) -> str | None:
     cmd += ["--workdir", run.workdir, "--quiet"]
     for item in run.overrides:
         cmd += ["--set", item]
-    env = dict(os.environ)
+    env = {**os.environ, **devices}
     # The child must import this very mtlrnn, wherever (or whether) it is installed.
     root = os.path.dirname(os.path.dirname(os.path.abspath(mtlrnn.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    # Several runs share one accelerator: each takes memory as needed instead of 75% of it.
+    # Runs may share an accelerator: each takes memory as needed instead of 75% of it.
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.makedirs(run.workdir, exist_ok=True)
     log = os.path.join(run.workdir, "train.log")
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
-    if proc.returncode != 0:
-        return f"exit code {proc.returncode}: {_log_tail(log)} (log: {log})"
+    with atomic_writer(log) as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            lock.set_child(proc.pid)
+            code = proc.wait()
+        except BaseException:
+            proc.kill()  # an interrupted compare leaves no orphan training the run
+            proc.wait()
+            raise
+    if code != 0:
+        return f"exit code {code}: {_log_tail(log)} (log: {log})"
     return None
 
 
-def _run_one(run: Run, label: str, *, subprocess_mode: bool, verbose: bool) -> str:
+def _run_one(
+    run: Run,
+    label: str,
+    *,
+    subprocess_mode: bool,
+    verbose: bool,
+    lease_s: float,
+    devices: Mapping[str, str] | None = None,
+) -> str:
     """Train one run unless it is finished or locked; returns its status."""
     summary = os.path.join(run.workdir, "summary.json")
     if os.path.isfile(summary):
         _say(verbose, f"{label}: finished, skipped")
         return "finished"
-    lock = f"{run.workdir}.lock"
-    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        _say(
-            verbose,
-            f"{label}: skipped, another process holds {lock} (delete it if none is running)",
-        )
+    lock_path = f"{run.workdir}.lock"
+    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+    lock, notes = _acquire(lock_path, lease_s)
+    if lock is None:
+        _say(verbose, f"{label}: skipped, another process holds {lock_path}: {notes[0]}")
         return "locked"
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"pid {os.getpid()} host {socket.gethostname()} since {time.time():.0f}\n")
+        for note in notes:
+            _say(verbose, f"{label}: {note}")
         if os.path.isfile(summary):  # finished by its owner between our check and the lock
             _say(verbose, f"{label}: finished, skipped")
             return "finished"
@@ -458,7 +1022,10 @@ def _run_one(run: Run, label: str, *, subprocess_mode: bool, verbose: bool) -> s
             _say(verbose, f"{label}: {run.workdir} has no summary.json (interrupted); resuming")
         _say(verbose, f"{label}: training -> {run.workdir}")
         t0 = time.perf_counter()
-        error = _train_subprocess(run) if subprocess_mode else _train_in_process(run)
+        if subprocess_mode:
+            error = _train_subprocess(run, lock, devices or {})
+        else:
+            error = _train_in_process(run, lock)
         if error is None and not os.path.isfile(summary):
             error = "stopped before it finished (signal?); rerun compare to resume it"
         if error is not None:
@@ -467,8 +1034,7 @@ def _run_one(run: Run, label: str, *, subprocess_mode: bool, verbose: bool) -> s
         _say(verbose, f"{label}: done in {time.perf_counter() - t0:.1f} s")
         return "trained"
     finally:
-        with contextlib.suppress(FileNotFoundError):  # e.g. deleted by hand meanwhile
-            os.remove(lock)
+        lock.release()
 
 
 def execute(
@@ -477,41 +1043,62 @@ def execute(
     jobs: int = 1,
     shard: str | tuple[int, int] | None = None,
     verbose: bool = True,
+    lock_lease_s: float | None = None,
 ) -> list[str]:
-    """Train the runs that are neither finished nor locked by another process.
+    """Train the runs that are neither finished nor locked by a live process.
 
     Args:
       runs: the plan, as from :func:`plan_runs`.
       jobs: runs trained at once. 1: one after another in this process with
         :func:`mtlrnn.run.fit`; more: as ``python -m mtlrnn.cli train`` subprocesses, each
-        writing ``<workdir>/train.log``.
+        writing ``<workdir>/train.log`` and each job slot seeing its own accelerators
+        (see the module docstring).
       shard: ``"I/N"`` or ``(I, N)``: only the runs whose index in ``runs`` modulo ``N`` is
         ``I`` (0-based), so that N processes or machines split one comparison.
       verbose: print one line per run to stderr (failures are printed regardless).
+      lock_lease_s: seconds after which a lock held from another host and not renewed is
+        stale (None: ``$MTLRNN_LOCK_LEASE_S``, else 300).
 
     Returns:
       The workdirs of the runs that failed (an exception or a non-zero exit), in plan order.
 
     Raises:
-      ConfigError: ``jobs < 1`` or a malformed ``shard``.
+      ConfigError: ``jobs < 1``, a malformed ``shard`` or a lease that is not ``> 0``.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
     parsed = _parse_shard(shard)
+    lease_s = _lease_seconds(lock_lease_s)
     total = len(runs)
     mine = [(i, run) for i, run in enumerate(runs) if parsed is None or i % parsed[1] == parsed[0]]
     if parsed is not None:
         _say(verbose, f"shard {parsed[0]}/{parsed[1]}: {len(mine)} of {total} runs")
 
+    envs = _slot_envs(jobs, os.environ, verbose) if jobs > 1 and len(mine) > 1 else [{}]
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for slot in range(len(envs)):
+        free.put(slot)
+
     def one(item: tuple[int, Run]) -> str:
         i, run = item
         label = f"[{i + 1}/{total}] {run.name} seed {run.seed}"
-        return _run_one(run, label, subprocess_mode=jobs > 1, verbose=verbose)
+        slot = free.get()  # a job slot, and with it the slot's accelerators
+        try:
+            return _run_one(
+                run,
+                label,
+                subprocess_mode=jobs > 1,
+                verbose=verbose,
+                lease_s=lease_s,
+                devices=envs[slot],
+            )
+        finally:
+            free.put(slot)
 
     if jobs == 1:
         statuses = [one(item) for item in mine]
     else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(envs)) as pool:
             statuses = list(pool.map(one, mine))
     counts = {s: statuses.count(s) for s in ("trained", "finished", "locked", "failed")}
     _say(
@@ -730,10 +1317,10 @@ def report(
     }
     markdown = _markdown(result, columns)
     os.makedirs(outdir, exist_ok=True)
-    _write_atomic(os.path.join(outdir, "compare.md"), markdown)
-    _write_atomic(os.path.join(outdir, "compare.csv"), _csv(rows, columns))
+    write_text_atomic(os.path.join(outdir, "compare.md"), markdown)
+    write_text_atomic(os.path.join(outdir, "compare.csv"), _csv(rows, columns))
     text = json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False)
-    _write_atomic(os.path.join(outdir, "compare.json"), text + "\n")
+    write_text_atomic(os.path.join(outdir, "compare.json"), text + "\n")
     _plot_delta_m(rows, os.path.join(outdir, "delta_m.png"))
     _say(verbose, markdown)
     return result
@@ -853,10 +1440,11 @@ def _plot_delta_m(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     ax.set_title("Δm% vs single-task baselines (lower is better)", fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_writer(path, "wb") as f:
+            fig.savefig(f, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -877,6 +1465,7 @@ def compare(
     metrics: Sequence[str] | str | None = None,
     report_only: bool = False,
     verbose: bool = True,
+    lock_lease_s: float | None = None,
 ) -> dict[str, Any]:
     """``mtlrnn compare``: plan, train what is missing, and report.
 
@@ -889,7 +1478,7 @@ def compare(
       seeds: seeds per method and per baseline (None: 3).
       outdir: the comparison's directory (``plan.json``, ``runs/``, the report files).
       overrides: ``--set`` overrides shared by every run.
-      jobs, shard: see :func:`execute`.
+      jobs, shard, lock_lease_s: see :func:`execute`.
       split, metrics: see :func:`report`.
       report_only: train nothing; report on the finished runs.
       verbose: progress lines and the table on stderr.
@@ -899,13 +1488,15 @@ def compare(
 
     Raises:
       ConfigError: a bad flag (naming it), method or run config, a finished run trained
-        with a different config than planned, or (``report_only`` without ``methods``) a
-        missing ``plan.json``; all before any training.
+        with a different config than planned, a run directory outside ``outdir`` (see
+        :func:`plan_runs`), or (``report_only`` without ``methods``) a missing or unsafe
+        ``plan.json``; all before any training.
     """
     outdir = os.fspath(outdir)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
     _parse_shard(shard)
+    _lease_seconds(lock_lease_s)
     seeds = 3 if seeds is None else _check_seeds(seeds)
     if metrics is not None and (not _names(metrics) or not all(_names(metrics))):
         raise ConfigError(f"--metrics: expected metric names, e.g. accuracy,mse; got {metrics!r}")
@@ -948,7 +1539,7 @@ def compare(
             methods=_names(methods),
             seeds=sorted({r.seed for r in runs}),
         )
-        _write_atomic(os.path.join(outdir, "plan.json"), json.dumps(payload, indent=2) + "\n")
-        failed = execute(runs, jobs=jobs, shard=shard, verbose=verbose)
+        write_text_atomic(os.path.join(outdir, "plan.json"), json.dumps(payload, indent=2) + "\n")
+        failed = execute(runs, jobs=jobs, shard=shard, verbose=verbose, lock_lease_s=lock_lease_s)
     result = report(outdir, runs, split=split, metrics=metrics, config_path=path, verbose=verbose)
     return {**result, "failed": failed}
