@@ -7,33 +7,45 @@ The one-call API is :func:`fit` (``mtlrnn train``), :func:`evaluate` (``mtlrnn e
 ``mtlrnn.predict.predict`` (``mtlrnn predict``) and ``mtlrnn.compare.compare``
 (``mtlrnn compare``);
 the building blocks are importable for custom training loops.
+
+Names are imported on first use (PEP 562), so ``import mtlrnn`` and ``mtlrnn --help`` do
+not start JAX.
 """
 
-from mtlrnn import gradients
-from mtlrnn import interop
-from mtlrnn import weighting
-from mtlrnn.cells import get_cell
-from mtlrnn.config import Config
-from mtlrnn.config import ConfigError
-from mtlrnn.config import default_config
-from mtlrnn.config import load_config
-from mtlrnn.losses import task_losses
-from mtlrnn.metrics import batch_stats
-from mtlrnn.metrics import finalize
-from mtlrnn.model import MultiTaskRNN
-from mtlrnn.run import evaluate
-from mtlrnn.run import fit
-from mtlrnn.sources import load_data
-from mtlrnn.tasks import TaskSpec
-from mtlrnn.train import TrainState
-from mtlrnn.train import create_train_state
-from mtlrnn.train import make_eval_step
-from mtlrnn.train import make_optimizer
-from mtlrnn.train import make_train_step
-from mtlrnn.train import params_sha256
-from mtlrnn.trunk import Trunk
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it (a submodule itself when the name is one).
+_EXPORTS: dict[str, str] = {
+    "Config": "mtlrnn.config",
+    "ConfigError": "mtlrnn.config",
+    "MultiTaskRNN": "mtlrnn.model",
+    "TaskSpec": "mtlrnn.tasks",
+    "TrainState": "mtlrnn.train",
+    "Trunk": "mtlrnn.trunk",
+    "batch_stats": "mtlrnn.metrics",
+    "create_train_state": "mtlrnn.train",
+    "default_config": "mtlrnn.config",
+    "evaluate": "mtlrnn.run",
+    "finalize": "mtlrnn.metrics",
+    "fit": "mtlrnn.run",
+    "get_cell": "mtlrnn.cells",
+    "gradients": "mtlrnn.gradients",
+    "interop": "mtlrnn.interop",
+    "load_config": "mtlrnn.config",
+    "load_data": "mtlrnn.sources",
+    "make_eval_step": "mtlrnn.train",
+    "make_optimizer": "mtlrnn.train",
+    "make_train_step": "mtlrnn.train",
+    "params_sha256": "mtlrnn.train",
+    "task_losses": "mtlrnn.losses",
+    "weighting": "mtlrnn.weighting",
+}
 
 __all__ = [
     "Config",
@@ -60,3 +72,43 @@ __all__ = [
     "task_losses",
     "weighting",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'mtlrnn' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name == f"mtlrnn.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; not executed
+    from mtlrnn import gradients
+    from mtlrnn import interop
+    from mtlrnn import weighting
+    from mtlrnn.cells import get_cell
+    from mtlrnn.config import Config
+    from mtlrnn.config import ConfigError
+    from mtlrnn.config import default_config
+    from mtlrnn.config import load_config
+    from mtlrnn.losses import task_losses
+    from mtlrnn.metrics import batch_stats
+    from mtlrnn.metrics import finalize
+    from mtlrnn.model import MultiTaskRNN
+    from mtlrnn.run import evaluate
+    from mtlrnn.run import fit
+    from mtlrnn.sources import load_data
+    from mtlrnn.tasks import TaskSpec
+    from mtlrnn.train import TrainState
+    from mtlrnn.train import create_train_state
+    from mtlrnn.train import make_eval_step
+    from mtlrnn.train import make_optimizer
+    from mtlrnn.train import make_train_step
+    from mtlrnn.train import params_sha256
+    from mtlrnn.trunk import Trunk

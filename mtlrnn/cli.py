@@ -1,6 +1,9 @@
 """Command line: ``mtlrnn train``, ``eval``, ``compare`` and ``predict``. Thin: parses, then
 calls the library.
 
+Results (the result table, JSON) go to stdout; progress, notices and warnings (the ``mtlrnn``
+logger) to stderr, so ``mtlrnn train > result.txt`` keeps the result.
+
 Exit codes: 0 success (also a training run stopped by SIGTERM or SIGINT after saving a
 checkpoint: rerun the same command to resume), 1 an OS error (unwritable workdir, full disk),
 2 bad input (config, flags or data), with one line on stderr that names the key and what is
@@ -15,28 +18,54 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def _version() -> str:
+    from mtlrnn import __version__
+
+    return f"mtlrnn {__version__}"
+
+
+def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help_text,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlrnn", description="Train multi-task recurrent networks in JAX."
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train and evaluate one run")
     train.add_argument(
         "--config",
-        help="YAML config (default: the embedded synthetic suite, configs/synthetic.yaml)",
+        help="YAML config (default: the run's saved config when --workdir holds a run, else "
+        "the embedded synthetic suite, configs/synthetic.yaml)",
     )
     train.add_argument("--workdir", help="output directory (default: runs/synthetic-<time>)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.hidden_size=256 (repeatable)",
+    _add_set(
+        train,
+        "override config keys, e.g. --set model.hidden_size=256 train.steps=500 "
+        "(several after one --set; --set is repeatable)",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="when --workdir already holds a run that cannot be continued, move its files "
+        "aside into <workdir>/replaced-<time>/ and start afresh (nothing is deleted)",
+    )
+    train.add_argument(
+        "--quiet", action="store_true", help="no progress; print only the JSON result"
+    )
     ev = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
     ev.add_argument("--workdir", required=True, help="the run's directory")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--quiet", action="store_true", help="print only the JSON result")
     cmp = sub.add_parser(
         "compare",
@@ -52,14 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--seeds", type=int, help="seeds per method and baseline (default: 3)")
     cmp.add_argument("--outdir", required=True, help="the comparison's directory")
-    cmp.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key in every run (repeatable)",
-    )
+    _add_set(cmp, "override config keys in every run (several after one --set; repeatable)")
     cmp.add_argument("--jobs", type=int, default=1, help="runs at once, as subprocesses")
     cmp.add_argument("--shard", metavar="I/N", help="only runs whose index %% N == I (0-based)")
     cmp.add_argument("--split", default="test", help="evaluation split compared (default: test)")
@@ -100,25 +122,42 @@ def _largest_buffer(cfg: Any) -> int | None:
     )
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    """The config of ``mtlrnn train``: --config, else the saved config of the run in
+    --workdir (so extending a run needs only --set train.steps=N), else the defaults."""
+    from mtlrnn.config import load_config
+    from mtlrnn.reporting import LOGGER
+    from mtlrnn.workdir import saved_config_path
+
+    path = args.config
+    if path is None and args.workdir is not None and not args.overwrite:
+        path = saved_config_path(args.workdir)
+        if path is not None:
+            LOGGER.info(f"using the config of the run in {args.workdir} ({path})")
+    return load_config(path, args.overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlrnn`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    # Imported after argument parsing so that --help is instant.
+    # Imported after argument parsing so that --help and --version are instant.
     import json
+    import logging
 
     from mtlrnn import cpu_tuning
     from mtlrnn.config import ConfigError
-    from mtlrnn.config import load_config
+    from mtlrnn.reporting import configure_logging
     from mtlrnn.reporting import json_safe
 
+    configure_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         if args.command == "train":
-            cfg = load_config(args.config, args.overrides)
+            cfg = _train_config(args)
             # Before the first JAX computation (see mtlrnn/cpu_tuning.py).
             cpu_tuning.apply(largest_buffer=_largest_buffer(cfg))
             from mtlrnn.run import fit
 
-            summary = fit(cfg, args.workdir, verbose=not args.quiet)
+            summary = fit(cfg, args.workdir, verbose=not args.quiet, overwrite=args.overwrite)
             if summary.get("interrupted"):
                 # Stopped by SIGTERM/SIGINT after a checkpoint (fit printed the line): a clean
                 # stop, and rerunning the same command resumes.
@@ -164,8 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpu_tuning.apply()
             from mtlrnn.run import evaluate
 
-            result = evaluate(args.workdir, verbose=not args.quiet)
-            print(json.dumps(json_safe(result), sort_keys=True))
+            as_json = args.json or args.quiet
+            result = evaluate(args.workdir, verbose=not as_json)
+            if as_json:
+                print(json.dumps(json_safe(result), sort_keys=True))
     except RuntimeError as e:
         from mtlrnn.run import NonFiniteError
 

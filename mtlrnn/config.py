@@ -316,11 +316,17 @@ class TasksConfig:
             raise ValueError(f"include: task names must be unique, got repeated {dup}")
 
 
+#: Other names of weighting methods, as the literature writes them (``ew``: equal weights).
+WEIGHTING_ALIASES: dict[str, str] = {"ew": "equal"}
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightingConfig:
     """How the per-task losses (or gradients) are combined into one update."""
 
-    name: str = _opt("equal", "strategy name, one of mtlrnn.weighting.names()")
+    name: str = _opt(
+        "equal", "strategy name, one of mtlrnn.weighting.names() (ew is accepted for equal)"
+    )
     params: dict[str, Any] = _opt({}, "strategy hyper-parameters, passed as keywords")
     mode: Literal["full", "representation", "gramian"] = _opt(
         "full",
@@ -337,6 +343,8 @@ class WeightingConfig:
         from mtlrnn import weighting
 
         allowed = tuple(weighting.names())
+        if self.name in WEIGHTING_ALIASES:
+            object.__setattr__(self, "name", WEIGHTING_ALIASES[self.name])
         if self.name not in allowed:
             close = difflib.get_close_matches(str(self.name), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -875,9 +883,11 @@ def to_yaml(cfg: Config, *, comments: bool = True) -> str:
 
 
 def dump_yaml(cfg: Config, path: str | os.PathLike) -> None:
-    """Write ``cfg`` as commented YAML that :func:`load_config` reads back to an equal config."""
-    with open(os.fspath(path), "w", encoding="utf-8") as fh:
-        fh.write(to_yaml(cfg))
+    """Write ``cfg`` as commented YAML that :func:`load_config` reads back to an equal config
+    (atomically: a temporary file renamed into place)."""
+    from mtlrnn.fileio import write_text_atomic
+
+    write_text_atomic(path, to_yaml(cfg))
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ buffer (:func:`largest_buffer_bytes`) is at least 12 MiB. A step whose temporari
 2 GiB still maps them fresh (minGRU at L=4096: 832 ms with a 1 GiB threshold, 489 ms with
 2 GiB). The cost of all this: RSS stays at its peak instead of shrinking between steps.
 
-This applies to the whole process. ``MTLRNN_CPU_TUNING=0`` turns it off. Library users call
+This applies to the whole process, and only when JAX will compute on the CPU
+(:func:`cpu_backend`: ``JAX_PLATFORMS``, else whether an accelerator plugin and its device are
+present; an accelerator's host side has other allocation patterns that were never measured
+here). ``MTLRNN_CPU_TUNING=0`` turns it off. Library users call
 :func:`apply` first thing to get what ``mtlrnn train`` gets (it also speeds up other JAX
 code on CPU: Flax's ``nn.RNN`` LSTM step went from 38 to 28-32 ms with it).
 
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
+import pkgutil
 import sys
 from collections.abc import Mapping
 
@@ -47,6 +52,35 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     """False when ``MTLRNN_CPU_TUNING`` is 0/false/no/off."""
     env = os.environ if env is None else env
     return env.get("MTLRNN_CPU_TUNING", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# Modules of JAX's accelerator plugins, and the device files their hardware shows.
+_ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu", "jax_metal")
+_ACCELERATOR_DEVICES = ("/dev/nvidiactl", "/dev/kfd", "/dev/accel0", "/dev/vfio")
+
+
+def cpu_backend(env: Mapping[str, str] | None = None) -> bool:
+    """Whether JAX will compute on the CPU in this process, told without starting JAX.
+
+    ``JAX_PLATFORMS`` decides when set (its first entry); otherwise the CPU is assumed
+    unless an accelerator plugin (``jax-cuda*``, ``jax-rocm*``, ``libtpu``) is installed
+    and an accelerator device file exists (with ``CUDA_VISIBLE_DEVICES`` empty or -1 an
+    NVIDIA-only machine counts as CPU).
+    """
+    env = os.environ if env is None else env
+    platforms = env.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    names = [m for m in _ACCELERATOR_MODULES if importlib.util.find_spec(m) is not None]
+    plugins = importlib.util.find_spec("jax_plugins")  # where JAX's PJRT plugins install
+    if plugins is not None and plugins.submodule_search_locations:
+        names += [m.name for m in pkgutil.iter_modules(plugins.submodule_search_locations)]
+    if not names:
+        return True
+    devices = [d for d in _ACCELERATOR_DEVICES if os.path.exists(d)]
+    if devices == ["/dev/nvidiactl"] and env.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return not devices
 
 
 def largest_buffer_bytes(
@@ -87,9 +121,10 @@ def apply(
         (:func:`largest_buffer_bytes`); one malloc arena from ``SINGLE_ARENA_FROM_BYTES`` on,
         none when unknown.
     Returns:
-      ``{"malloc": applied, "single_arena": set}``.
+      ``{"malloc": applied, "single_arena": set}``; nothing is applied when JAX will not
+      compute on the CPU (:func:`cpu_backend`).
     """
-    if not enabled(env):
+    if not enabled(env) or not cpu_backend(env):
         return {"malloc": False, "single_arena": False}
     single = largest_buffer is not None and largest_buffer >= SINGLE_ARENA_FROM_BYTES
     applied = tune_malloc(single_arena=single)

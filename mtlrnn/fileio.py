@@ -30,7 +30,9 @@ def atomic_writer(
     if mode not in ("w", "wb"):
         raise ValueError(f"mode: must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    # The directory as spelled (not normalised: with a symlinked ``a``, ``a/../x`` is not
+    # ``./x``), so the temporary file lands where the rename puts the result.
+    directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
     )

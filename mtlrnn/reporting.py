@@ -1,10 +1,20 @@
-"""What a run writes and shows: metrics.jsonl, TensorBoard events, plots, the result table."""
+"""What a run writes and shows: metrics.jsonl, TensorBoard events, plots, the result table,
+and the ``mtlrnn`` logger.
+
+Results (the result table, JSON) go to stdout; progress, notices and warnings to stderr.
+Notices and warnings go through Python's :mod:`logging` (logger ``mtlrnn``): the command
+line shows them as ``mtlrnn: ...`` / ``mtlrnn: warning: ...`` lines; a library user
+configures logging as they like (:func:`fit` with ``verbose=True`` adds the same stderr
+handler when nothing is configured).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +31,38 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+LOGGER = logging.getLogger("mtlrnn")
+
+
+class _StderrHandler(logging.Handler):
+    """Writes ``mtlrnn: message`` (``mtlrnn: warning: message``) to the current sys.stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+            sys.stderr.write(f"mtlrnn: {level}{record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 (logging must never raise)
+            self.handleError(record)
+
+
+def configure_logging(level: int = logging.INFO, *, force: bool = True) -> None:
+    """Show the ``mtlrnn`` logger's records at ``level`` and above on stderr.
+
+    With ``force=False`` nothing changes when the ``mtlrnn`` logger or the root logger
+    already has handlers (the user configured logging).
+    """
+    if not force and (LOGGER.handlers or logging.getLogger().handlers):
+        if LOGGER.level == logging.NOTSET:
+            LOGGER.setLevel(level)
+        return
+    for handler in [h for h in LOGGER.handlers if isinstance(h, _StderrHandler)]:
+        LOGGER.removeHandler(handler)
+    LOGGER.addHandler(_StderrHandler())
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
 
 
 class MetricsWriter:
@@ -64,10 +106,36 @@ class MetricsWriter:
             self._tb.close()
 
 
-def plot_history(history: Sequence[Mapping[str, Any]], directory: str | os.PathLike) -> list[str]:
-    """Draw ``losses.png`` (per-task training loss) and ``weights.png`` into ``directory``.
+#: Up to this many logged points a curve is drawn with markers (so one point still shows).
+_MARKERS_UP_TO = 30
 
-    Returns the written paths.
+
+def _constant(values: Sequence[Sequence[float]]) -> bool:
+    """Whether every task's series is one value throughout (e.g. fixed weights)."""
+    arr = np.asarray(values, dtype=np.float64)  # [steps, K]
+    if arr.size == 0 or not np.isfinite(arr).all():
+        return False
+    return bool(np.all(np.ptp(arr, axis=0) <= 1e-6 * np.maximum(np.abs(arr[0]), 1e-12)))
+
+
+def _save_figure(fig: Any, path: str) -> None:
+    import io
+
+    from mtlrnn.fileio import atomic_writer
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png")
+    with atomic_writer(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def history_figures(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The figures of :func:`plot_history`: ``{file name: matplotlib Figure}``.
+
+    Every logged point is drawn (with markers when there are few, so a short run's plot is
+    never empty). When every task weight is constant over the run (``equal``, ``fixed``,
+    ...) the weights figure shows them as bars and says so, instead of flat lines drawn on
+    top of each other. No weights figure for methods that define no task weights.
     """
     import matplotlib
 
@@ -76,29 +144,52 @@ def plot_history(history: Sequence[Mapping[str, Any]], directory: str | os.PathL
 
     train = [r for r in history if "losses" in r]
     if not train:
-        return []
-    os.makedirs(directory, exist_ok=True)
+        return {}
     steps = [r["step"] for r in train]
-    written = []
+    marker = "o" if len(train) <= _MARKERS_UP_TO else None
+    figures = {}
     for key, title, fname, log in (
         ("losses", "training loss per task", "losses.png", True),
         ("weights", "task weights", "weights.png", False),
     ):
-        if all(v is None for r in train for v in r[key].values()):
+        tasks = list(train[0][key])
+        values = [[np.nan if r[key].get(t) is None else r[key][t] for t in tasks] for r in train]
+        arr = np.asarray(values, dtype=np.float64)  # [steps, K]
+        if np.isnan(arr).all():
             continue  # e.g. a gradient method that defines no task weights
         fig, ax = plt.subplots(figsize=(7, 4))
-        for task in train[0][key]:
-            values = [np.nan if r[key][task] is None else r[key][task] for r in train]
-            ax.plot(steps, values, label=task)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        if log and all(v is not None and v > 0 for r in train for v in r[key].values()):
-            ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if key == "weights" and _constant(values):
+            ax.bar(range(len(tasks)), arr[0], color="tab:blue", alpha=0.8)
+            ax.set_xticks(range(len(tasks)), tasks)
+            ax.set_ylabel("weight")
+            ax.set_title(f"task weights: constant over the run (steps {steps[0]}-{steps[-1]})")
+        else:
+            for j, task in enumerate(tasks):
+                ax.plot(steps, arr[:, j], label=task, marker=marker, markersize=4)
+            ax.set_xlabel("step")
+            ax.set_title(title if len(train) > 1 else f"{title} (one logged step)")
+            finite = arr[np.isfinite(arr)]
+            if log and finite.size and np.all(finite > 0):
+                ax.set_yscale("log")
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = os.path.join(directory, fname)
-        fig.savefig(path, dpi=100)
+        figures[fname] = fig
+    return figures
+
+
+def plot_history(history: Sequence[Mapping[str, Any]], directory: str | os.PathLike) -> list[str]:
+    """Draw ``losses.png`` (per-task training loss) and ``weights.png`` into ``directory``
+    (see :func:`history_figures`); files are replaced atomically. Returns the paths."""
+    import matplotlib.pyplot as plt
+
+    figures = history_figures(history)
+    written = []
+    if figures:
+        os.makedirs(directory, exist_ok=True)
+    for fname, fig in figures.items():
+        path = os.path.join(os.fspath(directory), fname)
+        _save_figure(fig, path)
         plt.close(fig)
         written.append(path)
     return written

@@ -1,9 +1,11 @@
 """The main job: build data, model and optimizer from a Config, train, evaluate, report.
 
 ``fit(config, workdir) -> summary`` is the whole ``mtlrnn train``; ``evaluate(workdir)`` is
-``mtlrnn eval``. A workdir receives config.yaml (resolved), metrics.jsonl, summary.json,
-checkpoints/ and plots/. Running ``fit`` again on a workdir with checkpoints resumes the run
-exactly (see :func:`fit`); SIGTERM and SIGINT stop it after a checkpoint.
+``mtlrnn eval``. A workdir receives resolved_config.yaml, metrics.jsonl, summary.json,
+vocab.json (text data), checkpoints/ and plots/ (the names in :mod:`mtlrnn.workdir`; no other
+file of the workdir is touched). Running ``fit`` again on a workdir that holds a run
+continues it exactly or refuses (see :func:`fit`); SIGTERM and SIGINT stop it after a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -38,17 +40,22 @@ from mtlrnn.config import resolve_tasks
 from mtlrnn.data.batching import bucket_lengths
 from mtlrnn.data.batching import eval_batches
 from mtlrnn.data.batching import train_batches
+from mtlrnn.fileio import write_text_atomic
 from mtlrnn.losses import task_counts
 from mtlrnn.metrics import accumulate
 from mtlrnn.metrics import finalize
 from mtlrnn.parallel import Placement
 from mtlrnn.parallel import initialize_distributed
+from mtlrnn.progress import Progress
+from mtlrnn.reporting import LOGGER
 from mtlrnn.reporting import MetricsWriter
+from mtlrnn.reporting import configure_logging
 from mtlrnn.reporting import json_safe
 from mtlrnn.reporting import plot_history
 from mtlrnn.reporting import result_table
 from mtlrnn.sources import Data
 from mtlrnn.sources import absolute_paths
+from mtlrnn.sources import check_labels
 from mtlrnn.sources import load_data
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.train import TrainState
@@ -59,6 +66,13 @@ from mtlrnn.train import make_eval_step
 from mtlrnn.train import make_optimizer
 from mtlrnn.train import make_train_step
 from mtlrnn.train import params_sha256
+from mtlrnn.workdir import METRICS_FILE
+from mtlrnn.workdir import RESOLVED_CONFIG
+from mtlrnn.workdir import SUMMARY_FILE
+from mtlrnn.workdir import VOCAB_FILE
+from mtlrnn.workdir import move_run_aside
+from mtlrnn.workdir import run_files
+from mtlrnn.workdir import saved_config_path
 
 
 def load_suite(cfg: Config) -> Data:
@@ -88,9 +102,6 @@ def _default_workdir(source: str) -> str:
     return os.path.join("runs", f"{source}-{stamp}")
 
 
-VOCAB_FILE = "vocab.json"
-
-
 def model_for(cfg: Config, tasks: tuple[TaskSpec, ...], data: Data) -> Any:
     """The :class:`~mtlrnn.model.MultiTaskRNN` of ``cfg.model`` sized for ``data``."""
     return build_model(
@@ -100,15 +111,6 @@ def model_for(cfg: Config, tasks: tuple[TaskSpec, ...], data: Data) -> Any:
         num_features=data.num_features,
         char_vocab_size=data.char_vocab_size,
     )
-
-
-def _check_workdir(workdir: str) -> None:
-    ckpt = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(ckpt) and os.listdir(ckpt):
-        raise ConfigError(
-            f"--workdir: {workdir} already holds a run with checkpoints; choose a new "
-            "workdir (or delete it) to start a fresh run"
-        )
 
 
 def _task_dict(tasks: tuple[TaskSpec, ...], values: Any) -> dict[str, float]:
@@ -195,7 +197,44 @@ def _run_meta(cfg: Config) -> dict[str, Any]:
     }
 
 
-_ABSENT = "<absent>"
+def _set_values(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The leaves a config sets: None (an option left unset) and empty sections dropped."""
+    return {k: v for k, v in flat.items() if v is not None and v != {}}
+
+
+def _shown(values: Mapping[str, Any], key: str) -> str:
+    return repr(values[key]) if key in values else "not set"
+
+
+#: How to get past a refused change, appended to the refusal.
+_WAYS_OUT = (
+    "restore the old value, use a new --workdir, or add --overwrite (fit(..., "
+    "overwrite=True)) to move the old run aside into <workdir>/replaced-<time>/ and start afresh"
+)
+
+
+def _refuse_changes(old_flat: Mapping[str, Any], cfg: Config, where: str) -> None:
+    """Raise ConfigError naming the first trajectory key that ``cfg`` sets differently from
+    the run described by ``old_flat`` (its trajectory keys); ``where`` names that run."""
+    old, new = _set_values(old_flat), _set_values(trajectory_config(cfg))
+    keys = list(new) + [k for k in old if k not in new]
+    diffs = [k for k in keys if old.get(k) != new.get(k)]
+    if not diffs:
+        return
+    first = diffs[0]
+    more = ""
+    if len(diffs) > 1:
+        more = "; also " + ", ".join(
+            f"{k} ({_shown(old, k)} -> {_shown(new, k)})" for k in diffs[1:4]
+        )
+        if len(diffs) > 4:
+            more += f" and {len(diffs) - 4} more"
+    allowed = ", ".join(p + "*" if p.endswith(".") else p for p in RESUMABLE_KEYS)
+    raise ConfigError(
+        f"{first}: cannot change when continuing {where}: it was {_shown(old, first)}, the "
+        f"config now gives {_shown(new, first)}{more}; allowed to change: {allowed}; "
+        + _WAYS_OUT
+    )
 
 
 def _check_resumable(meta: Mapping[str, Any], cfg: Config, workdir: str) -> None:
@@ -204,31 +243,12 @@ def _check_resumable(meta: Mapping[str, Any], cfg: Config, workdir: str) -> None
     if not isinstance(old, Mapping):
         raise ConfigError(
             f"--workdir: the checkpoint at step {meta.get('step')} in {workdir} has no config "
-            "record (written by an older mtlrnn?); it cannot be resumed: use a new --workdir"
+            "record (written by an older mtlrnn?); it cannot be resumed: use a new --workdir "
+            "or --overwrite"
         )
-    new = trajectory_config(cfg)
-    if meta.get("config_sha256") == _config_sha256(new) and dict(old) == new:
+    if meta.get("config_sha256") == _config_sha256(trajectory_config(cfg)):
         return
-    keys = list(new) + [k for k in old if k not in new]
-    diffs = [k for k in keys if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
-    if not diffs:
-        return
-    first = diffs[0]
-    more = ""
-    if len(diffs) > 1:
-        more = "; also " + ", ".join(
-            f"{k} ({old.get(k, _ABSENT)!r} -> {new.get(k, _ABSENT)!r})" for k in diffs[1:4]
-        )
-        if len(diffs) > 4:
-            more += f" and {len(diffs) - 4} more"
-    allowed = ", ".join(p + "*" if p.endswith(".") else p for p in RESUMABLE_KEYS)
-    raise ConfigError(
-        f"{first}: cannot change when resuming the run in {workdir} (checkpoint at step "
-        f"{meta.get('step')}): it was {old.get(first, _ABSENT)!r}, the config now gives "
-        f"{new.get(first, _ABSENT)!r}{more}; allowed to change on resume: {allowed}; "
-        "restore the old value, or use a new --workdir (or checkpoint.resume=false with an "
-        "empty one) for a new run"
-    )
+    _refuse_changes(old, cfg, f"the run in {workdir} (checkpoint at step {meta.get('step')})")
 
 
 def _check_best_metric(cfg: Config, tasks: tuple[TaskSpec, ...]) -> None:
@@ -262,7 +282,12 @@ def _check_best_metric(cfg: Config, tasks: tuple[TaskSpec, ...]) -> None:
 
 
 def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A warning through the ``mtlrnn`` logger (a leading ``mtlrnn: warning:`` is dropped)."""
+    LOGGER.warning(message.removeprefix("mtlrnn: ").removeprefix("warning: "))
+
+
+def _info(message: str) -> None:
+    LOGGER.info(message)
 
 
 def _restore_for_resume(
@@ -286,16 +311,13 @@ def _restore_for_resume(
 
 def _finished_summary(workdir: str, step: int) -> dict[str, Any] | None:
     """summary.json of the run in ``workdir`` if it describes a run that ended at ``step``."""
-    path = os.path.join(workdir, "summary.json")
+    path = os.path.join(workdir, SUMMARY_FILE)
     try:
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)
         return summary if summary["run"]["steps"] == step else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-METRICS_FILE = "metrics.jsonl"
 
 
 def _kept_history(workdir: str, step: int, *, final: bool) -> list[dict[str, Any]]:
@@ -410,13 +432,86 @@ class _Fault:
         signal.raise_signal(self.signal)
 
 
+def _existing_run(
+    cfg: Config, workdir: str, *, overwrite: bool, resumable: bool
+) -> dict[str, Any] | None:
+    """What to do with a workdir that may already hold a run (see :func:`fit`).
+
+    Returns the summary of a run that is already complete (nothing to train), else None:
+    the workdir holds no run (or it was moved aside), or its checkpoints will be resumed.
+    Raises ConfigError when the run can neither be continued nor was asked to be replaced.
+    """
+    found = run_files(workdir)
+    if not found:
+        return None
+    if overwrite:
+        if jax.process_count() > 1:
+            raise ConfigError(
+                f"--overwrite: not with several processes; move the run in {workdir} aside "
+                "yourself, then start every process again"
+            )
+        moved = move_run_aside(workdir)
+        _warn(f"--overwrite: moved the previous run in {workdir} aside to {moved}")
+        return None
+    ways_out = (
+        "use a new --workdir, or add --overwrite to move the old run aside into "
+        f"{os.path.join(workdir, 'replaced-<time>')}/ and start afresh"
+    )
+    if checkpoint.has_checkpoints(os.path.join(workdir, "checkpoints")):
+        if resumable:
+            return None  # resumed from its checkpoints; their meta is checked
+        off = "checkpoint.enabled" if not cfg.checkpoint.enabled else "checkpoint.resume"
+        raise ConfigError(
+            f"--workdir: {workdir} already holds a run with checkpoints and {off}=false, so "
+            f"it would be replaced, not continued; set {off}=true to continue it, or "
+            + ways_out
+        )
+    saved = saved_config_path(workdir)
+    if saved is None:
+        raise ConfigError(
+            f"--workdir: {workdir} holds files of a run ({', '.join(found)}) but no "
+            f"{RESOLVED_CONFIG} to tell which; " + ways_out
+        )
+    old = load_config(saved)
+    old = dataclasses.replace(old, data=absolute_paths(old.data))
+    _refuse_changes(trajectory_config(old), cfg, f"the run in {workdir}")
+    summary = _finished_summary(workdir, cfg.train.steps)
+    if summary is not None:
+        _warn(
+            f"the run in {workdir} is already complete (step {cfg.train.steps}); nothing to "
+            "train"
+        )
+        return summary
+    if os.path.isfile(os.path.join(workdir, SUMMARY_FILE)):
+        raise ConfigError(
+            f"train.steps: the run in {workdir} finished at another step count and has no "
+            "checkpoint to continue from (checkpoint.enabled was false); " + ways_out
+        )
+    _warn(
+        f"the run in {workdir} stopped before any checkpoint was saved; training it again "
+        "from step 0 (same config)"
+    )
+    return None
+
+
 def fit(
     config: Config | None = None,
     workdir: str | os.PathLike | None = None,
     *,
     verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run; returns the summary (also written to summary.json).
+
+    A workdir that already holds a run (any file of :data:`mtlrnn.workdir.RUN_FILES`) is
+    only ever continued or refused: with checkpoints it resumes (below); without them, a
+    run with the same trajectory config that completed is reported complete, one that
+    stopped before its first checkpoint is trained again from step 0, and anything else
+    (another config, a longer run without checkpoints, ``checkpoint.enabled=false`` or
+    ``checkpoint.resume=false`` over checkpoints) raises ConfigError naming the key.
+    ``overwrite=True`` (``mtlrnn train --overwrite``) first moves the run's own files into
+    ``<workdir>/replaced-<time>/`` (nothing is deleted; other files stay). Files in the
+    workdir that the run does not own (e.g. the user's ``config.yaml``) are never written.
 
     Checkpoints (``checkpoint.*``, layout in :mod:`mtlrnn.checkpoint`): the state is saved
     every ``checkpoint.every`` steps and at the end, the last ``checkpoint.keep`` are kept,
@@ -450,8 +545,11 @@ def fit(
     Args:
       config: the experiment (default: :func:`mtlrnn.config.default_config`).
       workdir: output directory (default: ``runs/synthetic-<timestamp>``).
-      verbose: print the description, progress bar and result table.
+      verbose: print the description and progress (stderr) and the result table (stdout).
+      overwrite: move a run already in ``workdir`` aside instead of continuing it.
     """
+    if verbose:
+        configure_logging(force=False)
     cfg = config or default_config()
     cfg = dataclasses.replace(cfg, data=absolute_paths(cfg.data))
     workdir = os.fspath(workdir) if workdir is not None else _default_workdir(cfg.data.source)
@@ -462,8 +560,9 @@ def fit(
     rank = jax.process_index()
     logdir = workdir if rank == 0 else os.path.join(workdir, f"process-{rank}")
     resumable = cfg.checkpoint.enabled and cfg.checkpoint.resume
-    if not resumable:
-        _check_workdir(workdir)
+    complete = _existing_run(cfg, workdir, overwrite=overwrite, resumable=resumable)
+    if complete is not None:
+        return complete
     wall0 = time.perf_counter()
 
     # Everything that can fail on user input happens before any compilation.
@@ -482,6 +581,8 @@ def fit(
                 f"{', '.join(suite.splits)}"
             )
     _check_best_metric(cfg, tasks)
+    for message in check_labels(suite, tasks, ("train", *cfg.train.eval_splits)):
+        _warn(message)
     fault = _Fault.from_env()
     if resumable:
         meta = checkpoint.read_latest_meta(ckpt_dir)
@@ -515,7 +616,7 @@ def fit(
     leftovers = resumable and checkpoint.has_checkpoints(ckpt_dir)
     found = _restore_for_resume(ckpt_dir, state, cfg, workdir) if leftovers else None
     if leftovers and found is None:
-        _warn(f"mtlrnn: no finished checkpoint in {ckpt_dir}; starting the run from step 0")
+        _warn(f"no finished checkpoint in {ckpt_dir}; starting the run from step 0")
     if found is not None:
         state, meta = found
         start = int(meta["step"])
@@ -527,25 +628,27 @@ def fit(
         summary = _finished_summary(logdir, start) if start == cfg.train.steps else None
         if summary is not None:
             _warn(
-                f"mtlrnn: the run in {workdir} is already complete (step {start}); nothing "
+                f"the run in {workdir} is already complete (step {start}); nothing "
                 f"to train (mtlrnn eval --workdir {workdir} evaluates it again)"
             )
             return summary
-        _warn(f"mtlrnn: resumed from step {start} ({os.path.join(ckpt_dir, str(start))})")
-        if os.path.isfile(os.path.join(logdir, "summary.json")):
-            os.remove(os.path.join(logdir, "summary.json"))  # it described a shorter run
+        _info(f"resumed from step {start} ({os.path.join(ckpt_dir, str(start))})")
+        if os.path.isfile(os.path.join(logdir, SUMMARY_FILE)):
+            os.remove(os.path.join(logdir, SUMMARY_FILE))  # it described a shorter run
         stream = stream_from(start)
 
     # A restored state is placed like a fresh one, so the step compiles identically.
     state = placement.state(state)
 
     os.makedirs(logdir, exist_ok=True)
-    dump_yaml(cfg, os.path.join(logdir, "config.yaml"))
+    dump_yaml(cfg, os.path.join(logdir, RESOLVED_CONFIG))
     if suite.text is not None:
-        with open(os.path.join(logdir, VOCAB_FILE), "w", encoding="utf-8") as f:
-            json.dump(suite.text.vocab_dict(), f, ensure_ascii=False)
+        write_text_atomic(
+            os.path.join(logdir, VOCAB_FILE),
+            json.dumps(suite.text.vocab_dict(), ensure_ascii=False),
+        )
     if verbose:
-        print(suite.description, file=sys.stderr)
+        _info(suite.description)
 
     step_fn = make_train_step(
         model,
@@ -564,7 +667,7 @@ def fit(
     writer = MetricsWriter(logdir, tensorboard=cfg.logging.tensorboard)
     _replay_history(writer, kept)
     ckpts = None
-    bar = None
+    bar: Progress | None = None
     stop = _StopRequest()
     try:
         stop.install()
@@ -587,11 +690,7 @@ def fit(
         evals: dict[str, Any] = {}
 
         if verbose and cfg.logging.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=cfg.train.steps, initial=start, desc="train", unit="step", file=sys.stderr
-            )
+            bar = Progress(cfg.train.steps, initial=start)
 
         stopped_at = None
         # One iteration: step, log, evaluate (and maybe save the best), save, then stop
@@ -604,9 +703,13 @@ def fit(
             device_batch = placement.batch(batch)
             shape = tuple(np.shape(batch["inputs"]))
             if shape not in compiled:
+                if bar is not None:
+                    bar.compiling(shape)
                 t0 = time.perf_counter()
                 compiled[shape] = step_jit.lower(state, device_batch).compile()
                 compile_s += time.perf_counter() - t0
+                if bar is not None:
+                    bar.compiled(time.perf_counter() - t0)
             t0 = time.perf_counter()
             state, metrics = compiled[shape](state, device_batch)
             metrics = placement.step_metrics(metrics)
@@ -628,7 +731,7 @@ def fit(
                         + ("; the last good state is saved" if ckpts is not None else "")
                         + " (set train.on_nonfinite=skip to skip such steps)"
                     )
-                _warn(f"mtlrnn: step {step + 1}: non-finite {what}; update skipped "
+                _warn(f"step {step + 1}: non-finite {what}; update skipped "
                       f"({nonfinite} so far)")
             tokens = int(metrics["tokens"])
             step_times.append(elapsed)
@@ -636,6 +739,7 @@ def fit(
             window.append((elapsed, tokens))
 
             done = step + 1
+            shown = None
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 seconds = sum(w[0] for w in window)
                 record = {
@@ -650,12 +754,12 @@ def fit(
                 }
                 writer.write(record)
                 window = []
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}"
-                    )
+                shown = {
+                    "loss": f"{record['loss']:.4f}",
+                    "tok/s": f"{record['tokens_per_s']:.0f}",
+                }
             if bar is not None:
-                bar.update(1)
+                bar.update(elapsed, log=shown)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
                 evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
                 writer.write({"step": done, "eval": _flat_eval(evals)})
@@ -681,7 +785,7 @@ def fit(
                 if ckpts is not None
                 else "checkpoints are disabled (checkpoint.enabled=false), nothing saved"
             )
-            _warn(f"mtlrnn: stopped by {stop.signal} at step {stopped_at}; {saved}")
+            _info(f"stopped by {stop.signal} at step {stopped_at}; {saved}")
             return {
                 "interrupted": True,
                 "signal": stop.signal,
@@ -725,8 +829,10 @@ def fit(
                 "jax_version": jax.__version__,
             },
         }
-        with open(os.path.join(logdir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(json_safe(summary), f, indent=2, sort_keys=True, allow_nan=False)
+        write_text_atomic(
+            os.path.join(logdir, SUMMARY_FILE),
+            json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False),
+        )
         if cfg.logging.plots:
             plot_history(writer.history, os.path.join(logdir, "plots"))
     finally:
@@ -737,8 +843,9 @@ def fit(
             ckpts.close()  # finishes pending asynchronous saves, whatever the way out
         writer.close()
     if verbose:
-        print(_report(summary, tasks), file=sys.stderr)
-        print(f"workdir: {workdir}", file=sys.stderr)
+        # The result goes to stdout (``mtlrnn train > log`` keeps it); notices to stderr.
+        print(_report(summary, tasks), flush=True)
+        _info(f"workdir: {workdir}")
     return summary
 
 
@@ -830,11 +937,13 @@ def restore_state(workdir: str, cfg: Config, model: Any, data: Data) -> TrainSta
 
 
 def load_run(workdir: str | os.PathLike) -> Config:
-    """The config of the run in ``workdir`` (its config.yaml)."""
+    """The config of the run in ``workdir`` (its resolved_config.yaml; config.yaml for a run
+    written by mtlrnn 0.1.0)."""
     workdir = os.fspath(workdir)
-    cfg_path = os.path.join(workdir, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise ConfigError(f"--workdir: {workdir} has no config.yaml; is it a mtlrnn run?")
+    cfg_path = saved_config_path(workdir)
+    if cfg_path is None:
+        what = "no such directory" if not os.path.isdir(workdir) else f"no {RESOLVED_CONFIG}"
+        raise ConfigError(f"--workdir: {workdir}: {what}; is it a mtlrnn run?")
     return load_config(cfg_path)
 
 
@@ -844,10 +953,7 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
     Returns ``{"eval": {split: {task: {metric: value}}}, "step": int}``.
     """
     workdir = os.fspath(workdir)
-    cfg_path = os.path.join(workdir, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise ConfigError(f"--workdir: {workdir} has no config.yaml; is it a mtlrnn run?")
-    cfg = load_config(cfg_path)
+    cfg = load_run(workdir)
     suite = load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
@@ -878,6 +984,6 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
             result_table(
                 result["eval"], result["bayes"], metrics={t.name: t.metrics for t in tasks}
             ),
-            file=sys.stderr,
+            flush=True,
         )
     return result

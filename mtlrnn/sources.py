@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from mtlrnn.config import ConfigError
 from mtlrnn.config import DataConfig
@@ -195,3 +198,67 @@ def load_data(data_cfg: DataConfig) -> Data:
     raise ConfigError(
         f"data.source: must be one of synthetic, conllu, columns, csv; got {source!r}"
     )
+
+
+#: The value of an empty CoNLL-U / column field: no label.
+EMPTY_LABEL = "_"
+
+
+def _label_ids(data: Data, spec: TaskSpec, dataset: SequenceDataset) -> np.ndarray | None:
+    """The labelled class ids of ``spec`` in ``dataset`` (classification), flattened; an
+    empty field (``_`` in text data) and the reserved ``<unk>`` label count as unlabelled."""
+    labels, mask = dataset.labels[spec.name], dataset.mask(spec.name)
+    if isinstance(labels, np.ndarray):
+        ids, keep = labels.reshape(len(dataset), -1)[:, 0], np.asarray(mask) > 0
+    elif labels:
+        ids = np.concatenate([np.asarray(x).reshape(len(x), -1)[:, 0] for x in labels])
+        keep = np.concatenate([np.asarray(m) for m in mask]) > 0
+    else:
+        return np.zeros(0, np.int64)
+    if spec.kind != "classification":
+        return None if keep.any() else np.zeros(0, np.int64)
+    ids = np.asarray(ids, np.int64)[keep]
+    if data.text is not None and spec.name in data.text.label_vocabs:
+        vocab = data.text.label_vocabs[spec.name]
+        empty = [vocab.encode([EMPTY_LABEL])[0]] if EMPTY_LABEL in vocab else []
+        ids = ids[~np.isin(ids, [0, *empty])]  # 0: <unk>, a tag unseen in train
+    return ids
+
+
+def check_labels(
+    data: Data, tasks: Sequence[TaskSpec], splits: Sequence[str]
+) -> list[str]:
+    """Check that every task has something to learn from and to be scored on.
+
+    Raises ConfigError, naming the task and split, when a task has no labels in the train
+    split (every label masked, or every field ``_`` in text data). Returns warnings: a
+    classification task with a single class in train, a task with no labels in another of
+    ``splits``.
+    """
+    warnings: list[str] = []
+    for spec in tasks:
+        for split in dict.fromkeys(splits):
+            dataset = data.splits.get(split)
+            if dataset is None:
+                continue
+            ids = _label_ids(data, spec, dataset)
+            if ids is not None and ids.size == 0:
+                if split == "train":
+                    raise ConfigError(
+                        f"tasks: task {spec.name!r} has no labels in the train split (every "
+                        f"value is missing or {EMPTY_LABEL!r}); there is nothing to learn: "
+                        "leave it out with tasks.include, or fix the data"
+                    )
+                warnings.append(
+                    f"task {spec.name!r} has no labels in the {split} split; its {split} "
+                    "metrics are undefined"
+                )
+            elif split == "train" and ids is not None and np.unique(ids).size == 1:
+                name = str(ids[0])
+                if data.text is not None and spec.name in data.text.label_vocabs:
+                    name = repr(data.text.label_vocabs[spec.name].decode([ids[0]])[0])
+                warnings.append(
+                    f"task {spec.name!r} has a single class in the train split ({name}); "
+                    "the model can only learn to predict it"
+                )
+    return warnings
