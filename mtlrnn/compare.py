@@ -944,11 +944,10 @@ def _slot_envs(jobs: int, environ: Mapping[str, str], verbose: bool) -> list[dic
 # --------------------------------------------------------------------------------------------
 
 
-def _train_in_process(run: Run, lock: _Lock) -> str | None:
+def _train_in_process(run: Run) -> str | None:
     """Train ``run`` with :func:`mtlrnn.run.fit`; the error text on failure, else None."""
     from mtlrnn import run as run_module
 
-    del lock  # this process is the lock's holder already
     try:
         cfg = load_config(run.config_path, run.overrides)
         run_module.fit(cfg, run.workdir, verbose=False)
@@ -1025,7 +1024,7 @@ def _run_one(
         if subprocess_mode:
             error = _train_subprocess(run, lock, devices or {})
         else:
-            error = _train_in_process(run, lock)
+            error = _train_in_process(run)
         if error is None and not os.path.isfile(summary):
             error = "stopped before it finished (signal?); rerun compare to resume it"
         if error is not None:

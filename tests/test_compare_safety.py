@@ -135,7 +135,7 @@ def _columns_data(root, names):
 def test_columns_task_names_never_leave_outdir(tmp_path, fake_fit):
     # Taken as a path, "runs/single-../../../../escape" is a/b/c/escape, outside outdir
     # (the old code wrote a whole run there) and "t\x00x" cannot be a file name at all.
-    names = ["../../escape", "../../../../escape", "a/b", "..", "t\x00x"]
+    names = ["../../escape", "../../../../escape", "a/b", "..", "t\x00x", "y" * 300]
     overrides = _columns_data(str(tmp_path / "data"), names)
     outdir = tmp_path / "a" / "b" / "c" / "out"
     before = _files(tmp_path)
@@ -155,6 +155,18 @@ def test_columns_task_names_never_leave_outdir(tmp_path, fake_fit):
     assert json.dumps(names[0])[1:-1] + "/accuracy" in (outdir / "compare.md").read_text()
     # Every fit went to a workdir inside outdir.
     assert all(os.path.realpath(w).startswith(os.path.realpath(outdir) + os.sep) for w in fake_fit)
+
+
+def test_empty_task_name_is_refused_in_one_line(tmp_path, fake_fit, capsys):
+    from mtlrnn.cli import main
+
+    args = ["compare", "--methods", "ew", "--seeds", "1", "--outdir", str(tmp_path / "out")]
+    for item in _columns_data(str(tmp_path / "data"), [""]):
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "task name must be a non-empty string" in err
+    assert fake_fit == [] and not (tmp_path / "out").exists()
 
 
 def test_names_equal_but_for_case_are_refused(tmp_path, fake_fit):
@@ -375,6 +387,45 @@ def test_two_processes_taking_over_one_stale_lock_leave_one_holder(tmp_path):
         assert compare_module._lock_info(open(path).read())["nonce"] == won[0].record["nonce"]
         won[0].release()
         assert [n for n in os.listdir(tmp_path) if "stale" in n] == []
+
+
+_CONTENDER = """
+import sys, time
+from mtlrnn.compare import _acquire
+path, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+lock, notes = _acquire(path, lease_s=60)
+print("won" if lock else "lost", flush=True)
+if lock:
+    time.sleep(max(0.0, start + 2.0 - time.time()))  # hold it while the others look
+    lock.release()
+"""
+
+
+def test_processes_taking_over_one_stale_lock_leave_one_holder(tmp_path):
+    path = str(tmp_path / "run.lock")
+    with open(path, "w") as f:
+        json.dump({"nonce": "dead", "host": "elsewhere", "pid": 1}, f)
+    os.utime(path, (0, 0))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(compare_module.__file__)))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    start = time.time() + 3.0  # all four have imported by then
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTENDER, path, str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    results = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert results == ["lost", "lost", "lost", "won"]
+    assert os.listdir(tmp_path) == []
 
 
 # --------------------------------------------------------------------------------------------
