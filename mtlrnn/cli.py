@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         "aside into <workdir>/replaced-<time>/ and start afresh (nothing is deleted)",
     )
     train.add_argument(
-        "--quiet", action="store_true", help="no progress; print only the JSON result"
+        "--quiet",
+        action="store_true",
+        help="no progress or description; print the result as JSON (notices still on stderr)",
     )
     ev = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
     ev.add_argument("--workdir", required=True, help="the run's directory")
@@ -149,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mtlrnn.reporting import configure_logging
     from mtlrnn.reporting import json_safe
 
-    configure_logging(logging.WARNING if args.quiet else logging.INFO)
+    # Notices (resumed, stopped, ...) and warnings show with --quiet too; it drops progress,
+    # the data description and the table.
+    configure_logging(logging.INFO)
     try:
         if args.command == "train":
             cfg = _train_config(args)

@@ -64,10 +64,8 @@ noise that differences between methods should exceed.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import csv
 import dataclasses
-import functools
 import hashlib
 import io
 import json
@@ -75,20 +73,18 @@ import math
 import os
 import queue
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import traceback
-import uuid
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
+from mtlrnn.accelerators import assign_devices
+from mtlrnn.accelerators import device_env
+from mtlrnn.accelerators import visible_accelerators
 from mtlrnn.config import Config
 from mtlrnn.config import ConfigError
 from mtlrnn.config import apply_overrides
@@ -101,10 +97,21 @@ from mtlrnn.delta import summarize_seeds
 from mtlrnn.fileio import atomic_writer
 from mtlrnn.fileio import write_text_atomic
 from mtlrnn.reporting import json_safe
+from mtlrnn.runlock import Lock
+from mtlrnn.runlock import acquire
+from mtlrnn.runlock import lease_seconds
 from mtlrnn.sources import absolute_paths
 from mtlrnn.sources import load_data
 
-__all__ = ["Run", "compare", "execute", "path_component", "plan_runs", "report"]
+__all__ = [
+    "Run",
+    "assign_devices",
+    "compare",
+    "execute",
+    "path_component",
+    "plan_runs",
+    "report",
+]
 
 #: Method names accepted besides the registry names, mapped to them.
 ALIASES: dict[str, str] = {"ew": "equal"}
@@ -490,434 +497,13 @@ def _log_tail(path: str, lines: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Locks: one per run, expiring with its holder
+# Accelerators per job (mtlrnn.accelerators) and run locks (mtlrnn.runlock)
 # --------------------------------------------------------------------------------------------
-
-#: Default lease of a lock held from another host, in seconds (MTLRNN_LOCK_LEASE_S).
-LOCK_LEASE_S = 300.0
-_LEASE_ENV = "MTLRNN_LOCK_LEASE_S"
-#: The lock format of earlier versions: ``pid P host H since T``.
-_OLD_LOCK = re.compile(r"pid (\d+) host (\S+) since (\d+)")
-
-
-def _lease_seconds(lease_s: float | None) -> float:
-    """The lease: ``lease_s``, else ``$MTLRNN_LOCK_LEASE_S``, else 300 s."""
-    key, value = "lock_lease_s", lease_s
-    if value is None:
-        key, value = _LEASE_ENV, os.environ.get(_LEASE_ENV) or LOCK_LEASE_S
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f"{key}: must be a number of seconds > 0; got {value!r}")
-    return seconds
-
-
-def _read_text(path: str) -> str | None:
-    with contextlib.suppress(OSError):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def _host_identity() -> dict[str, str | None]:
-    """This host: its name, boot id and pid namespace (None where the OS has none)."""
-    boot = _read_text("/proc/sys/kernel/random/boot_id")
-    try:
-        pidns: str | None = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pidns = None
-    return {
-        "host": socket.gethostname(),
-        "boot_id": boot.strip() if boot else None,
-        "pidns": pidns,
-    }
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """``(state, start time in clock ticks since boot)`` of a Linux process, else None."""
-    text = _read_text(f"/proc/{pid}/stat")
-    if not text or ")" not in text:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (fields[0], fields[19]) if len(fields) > 19 else None
-
-
-def _process_record(pid: int) -> dict[str, Any]:
-    stat = _proc_stat(pid)
-    return {"pid": pid, "start": stat[1] if stat else None}
-
-
-def _alive(pid: Any, start: Any) -> bool:
-    """Whether process ``pid`` of this host runs and is the one that started at ``start``."""
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: it exists
-    except OSError:
-        return True  # cannot tell: assume the holder lives
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc: the pid exists, and that is all we can know
-    state, now_start = stat
-    if state in ("Z", "X"):
-        return False  # exited, not yet reaped by its parent
-    return start is None or str(start) == now_start
-
-
-def _lock_info(text: str | None) -> dict[str, Any] | None:
-    """The holder recorded in a lock file's text; None when it cannot be read."""
-    if not text:
-        return None
-    with contextlib.suppress(ValueError):
-        info = json.loads(text)
-        if isinstance(info, dict):
-            return info
-    old = _OLD_LOCK.search(text)
-    if old:  # an earlier version's lock: no start time, no boot id, no lease renewal
-        return {"pid": int(old[1]), "host": old[2], "boot_id": None, "pidns": None}
-    return None
-
-
-def _lock_state(
-    info: dict[str, Any] | None, mtime: float, lease_s: float, now: float
-) -> tuple[bool, str]:
-    """``(stale, who or why)`` of a lock whose holder is ``info``, last touched at ``mtime``."""
-    here = _host_identity()
-    where = f"pid {info.get('pid')} on {info.get('host')}" if info else "an unreadable holder"
-    local = (
-        info is not None
-        and info.get("host") == here["host"]
-        and info.get("boot_id") == here["boot_id"]
-        and info.get("pidns") == here["pidns"]
-        and os.name == "posix"
-    )
-    if local:
-        procs = [info, *([info["child"]] if isinstance(info.get("child"), dict) else [])]
-        if any(_alive(p.get("pid"), p.get("start")) for p in procs):
-            return False, f"{where} (running)"
-        return True, f"{where} is no longer running"
-    # Another host (or a holder this host cannot check): the lease must have been renewed.
-    recorded = info.get("lease_s") if info else None
-    if isinstance(recorded, int | float) and not isinstance(recorded, bool) and recorded > 0:
-        lease_s = max(lease_s, float(recorded))
-    age = now - mtime
-    if age > lease_s:
-        return True, f"{where} has not renewed it for {age:.0f} s (lease {lease_s:.0f} s)"
-    return False, f"{where}, renewed {max(age, 0.0):.0f} s ago (lease {lease_s:.0f} s)"
-
-
-def _create_exclusive(path: str, text: str) -> bool:
-    """Create ``path`` holding ``text`` unless it exists; readers never see it half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".new", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic, and fails where path exists
-            return True
-        except FileExistsError:
-            return False
-        except OSError:
-            pass  # no hard links on this filesystem
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        return True
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-
-
-def _snapshot(path: str) -> tuple[tuple[int, int], float, str] | None:
-    """``((device, inode), mtime, text)`` of ``path``; None when it is not there."""
-    try:
-        st = os.stat(path)
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino), st.st_mtime, text
-
-
-def _holder_record(lease_s: float) -> dict[str, Any]:
-    """What a lock (or a takeover claim) records about the process that holds it."""
-    return {
-        "version": 1,
-        "nonce": uuid.uuid4().hex,
-        **_host_identity(),
-        **_process_record(os.getpid()),
-        "child": None,
-        "since": round(time.time(), 3),
-        "lease_s": lease_s,
-    }
-
-
-def _take_over(
-    path: str, judged: tuple[tuple[int, int], float, str], lease_s: float, depth: int = 0
-) -> bool:
-    """Remove the stale lock ``judged`` from ``path``; False if it is not (or no longer) there.
-
-    Takers of one stale lock first create ``<path>.takeover-<hash of that lock>``
-    exclusively, so only one of them at a time moves it; it checks that ``path`` still
-    holds the very file it judged (inode and text, with its unique nonce), renames it
-    aside and checks again. Nobody but the lock's creator ever writes ``path`` (and
-    creation is an exclusive link), so a taker never moves a fresh lock, and after a
-    takeover exactly one process creates the next lock. A claim left by a taker that died
-    meanwhile expires like a lock (a claim of a claim, at most three deep).
-    """
-    identity = f"{judged[0][0]}:{judged[0][1]}:{judged[2]}".encode("utf-8", "surrogatepass")
-    claim = f"{path}.takeover-{hashlib.sha256(identity).hexdigest()[:16]}"
-    if not _create_exclusive(claim, json.dumps(_holder_record(lease_s)) + "\n"):
-        held = _snapshot(claim)
-        if held is not None and depth < 3:
-            stale, _ = _lock_state(_lock_info(held[2]), held[1], lease_s, time.time())
-            if stale:
-                _take_over(claim, held, lease_s, depth + 1)
-        return False  # being taken over right now: the caller looks again
-    try:
-        if _snapshot(path) != judged:
-            return False  # gone, renewed or replaced since it was judged
-        aside = f"{path}.stale-{uuid.uuid4().hex}"
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return False
-        moved = _snapshot(aside)
-        if moved is not None and (moved[0], moved[2]) == (judged[0], judged[2]):
-            with contextlib.suppress(OSError):
-                os.remove(aside)
-            return True
-        # Only a holder past its lease that released its lock just now gets here: put back
-        # what was moved unless a newer lock is there already.
-        with contextlib.suppress(OSError):
-            os.link(aside, path)
-        with contextlib.suppress(OSError):
-            os.remove(aside)
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(claim)
-
-
-class _Lock:
-    """A held ``<workdir>.lock``: renewed from a thread, removed on :meth:`release`."""
-
-    def __init__(self, path: str, record: dict[str, Any], lease_s: float):
-        self.path = path
-        self.record = record
-        self.lease_s = lease_s
-        self._stop = threading.Event()
-        self._mutex = threading.Lock()
-        self._thread = threading.Thread(target=self._renew, name="mtlrnn-lock", daemon=True)
-        self._thread.start()
-
-    def _ours(self) -> bool:
-        info = _lock_info(_read_text(self.path))
-        return info is not None and info.get("nonce") == self.record["nonce"]
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.lease_s / 4):
-            with self._mutex:
-                if self._ours():
-                    with contextlib.suppress(OSError):
-                        os.utime(self.path)
-                elif os.path.exists(self.path):
-                    print(
-                        f"warning: {self.path} was taken over by another process while this "
-                        "one held it (lease too short for this filesystem?)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    return
-
-    def set_child(self, pid: int) -> None:
-        """Record the training subprocess: the lock stays live while either process runs."""
-        with self._mutex:
-            if not self._ours():
-                return
-            self.record["child"] = _process_record(pid)
-            text = json.dumps(self.record) + "\n"
-            with contextlib.suppress(OSError), atomic_writer(self.path) as f:
-                f.write(text)
-
-    def release(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        with self._mutex, contextlib.suppress(FileNotFoundError):
-            if self._ours():  # never remove a lock another process has taken over
-                os.remove(self.path)
-
-
-def _acquire(path: str, lease_s: float) -> tuple[_Lock | None, list[str]]:
-    """Take the lock at ``path``: ``(the lock, notes)``, or ``(None, [who holds it])``."""
-    notes: list[str] = []
-    record = _holder_record(lease_s)
-    text = json.dumps(record) + "\n"
-    for _ in range(100):
-        if _create_exclusive(path, text):
-            return _Lock(path, record, lease_s), notes
-        judged = _snapshot(path)
-        if judged is None:
-            continue  # released meanwhile
-        stale, why = _lock_state(_lock_info(judged[2]), judged[1], lease_s, time.time())
-        if not stale:
-            return None, [why]
-        if _take_over(path, judged, lease_s):
-            notes.append(f"took over a stale lock: {why}")
-        else:
-            time.sleep(0.01)  # another process is taking it over: look again
-    return None, ["other processes kept taking it over"]
-
-
-# --------------------------------------------------------------------------------------------
-# Accelerators per job
-# --------------------------------------------------------------------------------------------
-
-
-def _id_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-@functools.lru_cache(maxsize=1)
-def _jax_plugins() -> frozenset[str]:
-    """Accelerator kinds the installed JAX can use (``"cuda"``, ``"tpu"``), from its packages.
-
-    Read from the installed distributions, so JAX is not initialised here.
-    """
-    import importlib.metadata
-
-    kinds: set[str] = set()
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if name.startswith("jax-cuda") or (name == "jaxlib" and "cuda" in dist.version):
-            kinds.add("cuda")
-        elif name.startswith("libtpu"):
-            kinds.add("tpu")
-    return frozenset(kinds)
-
-
-def _visible_accelerators(environ: Mapping[str, str]) -> tuple[str, list[str]]:
-    """``(kind, ids)`` of the accelerators a child process would use, without starting JAX.
-
-    ``kind`` is ``"cuda"`` (ids for ``CUDA_VISIBLE_DEVICES``: its own entries when it is
-    set, else indices or MIG UUIDs from ``nvidia-smi -L``), ``"tpu"`` (chip indices:
-    ``TPU_VISIBLE_CHIPS`` when set, else one per ``/dev/accel*`` or ``/dev/vfio/<n>``) or
-    ``""`` with no ids: CPU, a JAX without the CUDA or TPU plugin, or ``JAX_PLATFORMS``
-    without gpu, cuda or tpu.
-    """
-    platforms = (environ.get("JAX_PLATFORMS") or environ.get("JAX_PLATFORM_NAME") or "").lower()
-    wanted = set(_id_list(platforms)) or {"cuda", "gpu", "tpu"}
-    if "gpu" in wanted:
-        wanted.add("cuda")
-    wanted &= _jax_plugins()
-    if not wanted:
-        return "", []
-    if "CUDA_VISIBLE_DEVICES" in environ and "cuda" in wanted:
-        ids = _id_list(environ["CUDA_VISIBLE_DEVICES"])
-        if ids and not ids[0].startswith("-"):  # "" or "-1": no GPU at all
-            return "cuda", ids
-        return "", []
-    if "tpu" in wanted:
-        if environ.get("TPU_VISIBLE_CHIPS"):
-            return "tpu", _id_list(environ["TPU_VISIBLE_CHIPS"])
-        chips: list[int] = []
-        for folder, pattern in (("/dev", r"accel(\d+)"), ("/dev/vfio", r"(\d+)")):
-            with contextlib.suppress(OSError):
-                chips += [int(m[1]) for n in os.listdir(folder) if (m := re.fullmatch(pattern, n))]
-            if chips:
-                return "tpu", [str(c) for c in sorted(chips)]
-    if "cuda" in wanted and shutil.which("nvidia-smi"):
-        try:
-            listing = subprocess.run(
-                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            listing = ""
-        return ("cuda", ids) if (ids := _nvidia_ids(listing)) else ("", [])
-    return "", []
-
-
-def _nvidia_ids(listing: str) -> list[str]:
-    """``CUDA_VISIBLE_DEVICES`` entries from ``nvidia-smi -L``: GPU indices, MIG UUIDs."""
-    ids: list[str] = []
-    for line in listing.splitlines():
-        gpu = re.match(r"GPU (\d+):", line)
-        mig = re.search(r"\(UUID: (MIG-[^)\s]+)\)", line)
-        if mig:  # MIG instances replace their GPU: only they can be addressed
-            if ids and ids[-1].isdigit():
-                ids.pop()
-            ids.append(mig[1])
-        elif gpu:
-            ids.append(gpu[1])
-    return ids
-
-
-def assign_devices(devices: Sequence[str], jobs: int, *, shareable: bool = True) -> list[list[str]]:
-    """The accelerators of each of ``jobs`` job slots.
-
-    With at least as many devices as jobs, the slots get disjoint contiguous groups, the
-    first ``len(devices) % jobs`` of them one device larger. With fewer devices than jobs,
-    each slot gets one device, shared round-robin. Devices that cannot be shared
-    (``shareable=False``, TPU chips) always go in disjoint groups of 1, 2 or 4 (the largest
-    that gives every job one) and there are as many slots as such groups fit, at most
-    ``jobs``: the caller runs that many jobs at once. No devices: one empty list per slot.
-
-    Example: ``assign_devices(["0", "1", "2"], 2) == [["0", "1"], ["2"]]``.
-    """
-    n = len(devices)
-    if n == 0:
-        return [[] for _ in range(jobs)]
-    if not shareable:
-        per = max(k for k in (4, 2, 1) if k <= max(n // jobs, 1))
-        slots = min(jobs, n // per)
-        return [list(devices[i * per : (i + 1) * per]) for i in range(slots)]
-    if jobs > n:
-        return [[devices[i % n]] for i in range(jobs)]
-    size, extra = divmod(n, jobs)
-    out, start = [], 0
-    for i in range(jobs):
-        end = start + size + (1 if i < extra else 0)
-        out.append(list(devices[start:end]))
-        start = end
-    return out
-
-
-def _device_env(kind: str, ids: Sequence[str], slot: int) -> dict[str, str]:
-    """Environment variables that show a child process only ``ids``."""
-    if kind == "cuda":
-        return {"CUDA_VISIBLE_DEVICES": ",".join(ids)}
-    if kind == "tpu":
-        bounds = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}[len(ids)]
-        port = str(8476 + slot)  # every process on the host needs its own
-        return {
-            "TPU_VISIBLE_CHIPS": ",".join(ids),
-            "TPU_CHIPS_PER_PROCESS_BOUNDS": bounds,
-            "TPU_PROCESS_BOUNDS": "1,1,1",
-            "TPU_PROCESS_PORT": port,
-            "TPU_PROCESS_ADDRESSES": f"localhost:{port}",
-            "TPU_MESH_CONTROLLER_ADDRESS": f"localhost:{port}",
-            "TPU_MESH_CONTROLLER_PORT": port,
-            "CLOUD_TPU_TASK_ID": "0",
-        }
-    return {}
 
 
 def _slot_envs(jobs: int, environ: Mapping[str, str], verbose: bool) -> list[dict[str, str]]:
     """One environment update per job slot (fewer slots than ``jobs`` on TPUs, see above)."""
-    kind, ids = _visible_accelerators(environ)
+    kind, ids = visible_accelerators(environ)
     if not ids:
         return [{} for _ in range(jobs)]
     groups = assign_devices(ids, jobs, shareable=kind != "tpu")
@@ -936,7 +522,7 @@ def _slot_envs(jobs: int, environ: Mapping[str, str], verbose: bool) -> list[dic
         )
     else:
         _say(verbose, f"--jobs {jobs}: {name}s per job: {' | '.join(','.join(g) for g in groups)}")
-    return [_device_env(kind, g, slot) for slot, g in enumerate(groups)]
+    return [device_env(kind, g, slot) for slot, g in enumerate(groups)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -958,7 +544,7 @@ def _train_in_process(run: Run) -> str | None:
     return None
 
 
-def _train_subprocess(run: Run, lock: _Lock, devices: Mapping[str, str]) -> str | None:
+def _train_subprocess(run: Run, lock: Lock, devices: Mapping[str, str]) -> str | None:
     """Train ``run`` with ``python -m mtlrnn.cli train``; the error text on failure."""
     import mtlrnn
 
@@ -1006,7 +592,7 @@ def _run_one(
         return "finished"
     lock_path = f"{run.workdir}.lock"
     os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-    lock, notes = _acquire(lock_path, lease_s)
+    lock, notes = acquire(lock_path, lease_s)
     if lock is None:
         _say(verbose, f"{label}: skipped, another process holds {lock_path}: {notes[0]}")
         return "locked"
@@ -1067,7 +653,7 @@ def execute(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
     parsed = _parse_shard(shard)
-    lease_s = _lease_seconds(lock_lease_s)
+    lease_s = lease_seconds(lock_lease_s)
     total = len(runs)
     mine = [(i, run) for i, run in enumerate(runs) if parsed is None or i % parsed[1] == parsed[0]]
     if parsed is not None:
@@ -1495,7 +1081,7 @@ def compare(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
     _parse_shard(shard)
-    _lease_seconds(lock_lease_s)
+    lease_seconds(lock_lease_s)
     seeds = 3 if seeds is None else _check_seeds(seeds)
     if metrics is not None and (not _names(metrics) or not all(_names(metrics))):
         raise ConfigError(f"--metrics: expected metric names, e.g. accuracy,mse; got {metrics!r}")

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.util
 import os
-import pkgutil
 import sys
 from collections.abc import Mapping
 
@@ -54,8 +52,7 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     return env.get("MTLRNN_CPU_TUNING", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-# Modules of JAX's accelerator plugins, and the device files their hardware shows.
-_ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu", "jax_metal")
+# Device files that an accelerator's hardware shows on Linux.
 _ACCELERATOR_DEVICES = ("/dev/nvidiactl", "/dev/kfd", "/dev/accel0", "/dev/vfio")
 
 
@@ -63,19 +60,17 @@ def cpu_backend(env: Mapping[str, str] | None = None) -> bool:
     """Whether JAX will compute on the CPU in this process, told without starting JAX.
 
     ``JAX_PLATFORMS`` decides when set (its first entry); otherwise the CPU is assumed
-    unless an accelerator plugin (``jax-cuda*``, ``jax-rocm*``, ``libtpu``) is installed
+    unless an accelerator plugin is installed (:func:`mtlrnn.accelerators.jax_plugins`)
     and an accelerator device file exists (with ``CUDA_VISIBLE_DEVICES`` empty or -1 an
     NVIDIA-only machine counts as CPU).
     """
+    from mtlrnn.accelerators import jax_plugins
+
     env = os.environ if env is None else env
     platforms = env.get("JAX_PLATFORMS", "").strip()
     if platforms:
         return platforms.split(",")[0].strip().lower() == "cpu"
-    names = [m for m in _ACCELERATOR_MODULES if importlib.util.find_spec(m) is not None]
-    plugins = importlib.util.find_spec("jax_plugins")  # where JAX's PJRT plugins install
-    if plugins is not None and plugins.submodule_search_locations:
-        names += [m.name for m in pkgutil.iter_modules(plugins.submodule_search_locations)]
-    if not names:
+    if not jax_plugins():
         return True
     devices = [d for d in _ACCELERATOR_DEVICES if os.path.exists(d)]
     if devices == ["/dev/nvidiactl"] and env.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):

@@ -17,8 +17,10 @@ import urllib.parse
 
 import pytest
 
+from mtlrnn import accelerators
 from mtlrnn import compare as compare_module
 from mtlrnn import run as run_module
+from mtlrnn import runlock
 from mtlrnn.compare import assign_devices
 from mtlrnn.compare import compare
 from mtlrnn.compare import execute
@@ -250,7 +252,7 @@ def _write_lock(run, *, mtime=None, **holder):
     record = {
         "version": 1,
         "nonce": "someone-else",
-        **compare_module._host_identity(),
+        **runlock._host_identity(),
         "pid": os.getpid(),
         "start": None,
         "child": None,
@@ -306,7 +308,7 @@ def test_lock_of_a_recycled_pid_is_taken_over(tmp_path, fake_fit):
 @pytest.mark.parametrize("who", ["holder", "child"])
 def test_lock_of_a_live_holder_is_respected(tmp_path, fake_fit, capsys, who):
     run = _one_run(tmp_path)
-    live = compare_module._process_record(os.getpid())
+    live = runlock._process_record(os.getpid())
     if who == "holder":
         lock = _write_lock(run, mtime=time.time() - 3600, **live)
     else:  # the compare process died but its training subprocess still runs
@@ -341,21 +343,21 @@ def test_lease_of_another_host(tmp_path, fake_fit, capsys, monkeypatch):
 
 def test_holder_renews_its_lease_while_it_runs(tmp_path, monkeypatch):
     path = str(tmp_path / "run.lock")
-    lock, notes = compare_module._acquire(path, lease_s=1.0)  # renewed every 0.25 s
+    lock, notes = runlock.acquire(path, lease_s=1.0)  # renewed every 0.25 s
     assert lock is not None and notes == []
     # Seen from another host, only the lease can tell that the holder lives.
-    here = compare_module._host_identity()
-    monkeypatch.setattr(compare_module, "_host_identity", lambda: {**here, "host": "other"})
+    here = runlock._host_identity()
+    monkeypatch.setattr(runlock, "_host_identity", lambda: {**here, "host": "other"})
     try:
         first = os.stat(path).st_mtime
         for _ in range(8):
             time.sleep(0.25)
-            snap = compare_module._snapshot(path)
-            info = compare_module._lock_info(snap[2])
-            stale, _ = compare_module._lock_state(info, snap[1], 1.0, time.time())
+            snap = runlock._snapshot(path)
+            info = runlock._lock_info(snap[2])
+            stale, _ = runlock._lock_state(info, snap[1], 1.0, time.time())
             assert not stale
         assert os.stat(path).st_mtime > first
-        assert compare_module._acquire(path, lease_s=1.0)[0] is None
+        assert runlock.acquire(path, lease_s=1.0)[0] is None
     finally:
         lock.release()
     assert not os.path.exists(path)
@@ -374,7 +376,7 @@ def test_two_processes_taking_over_one_stale_lock_leave_one_holder(tmp_path):
 
         def contend(path=path, barrier=barrier, won=won):
             barrier.wait()
-            lock, _ = compare_module._acquire(path, lease_s=60)
+            lock, _ = runlock.acquire(path, lease_s=60)
             if lock is not None:
                 won.append(lock)
 
@@ -384,14 +386,14 @@ def test_two_processes_taking_over_one_stale_lock_leave_one_holder(tmp_path):
         for t in threads:
             t.join()
         assert len(won) == 1, attempt
-        assert compare_module._lock_info(open(path).read())["nonce"] == won[0].record["nonce"]
+        assert runlock._lock_info(open(path).read())["nonce"] == won[0].record["nonce"]
         won[0].release()
         assert [n for n in os.listdir(tmp_path) if "stale" in n] == []
 
 
 _CONTENDER = """
 import sys, time
-from mtlrnn.compare import _acquire
+from mtlrnn.runlock import acquire as _acquire
 path, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.001)
@@ -454,15 +456,15 @@ def test_assign_devices():
 
 
 def test_visible_accelerators_without_starting_jax(monkeypatch):
-    visible = compare_module._visible_accelerators
-    monkeypatch.setattr(compare_module, "_jax_plugins", lambda: frozenset({"cuda"}))
+    visible = accelerators.visible_accelerators
+    monkeypatch.setattr(accelerators, "jax_plugins", lambda: frozenset({"cuda"}))
     assert visible({"CUDA_VISIBLE_DEVICES": "2, 5,GPU-ab"}) == ("cuda", ["2", "5", "GPU-ab"])
     assert visible({"CUDA_VISIBLE_DEVICES": ""}) == ("", [])
     assert visible({"CUDA_VISIBLE_DEVICES": "-1"}) == ("", [])
     assert visible({"CUDA_VISIBLE_DEVICES": "0,1", "JAX_PLATFORMS": "cpu"}) == ("", [])
-    monkeypatch.setattr(compare_module, "_jax_plugins", lambda: frozenset())
+    monkeypatch.setattr(accelerators, "jax_plugins", lambda: frozenset())
     assert visible({"CUDA_VISIBLE_DEVICES": "0,1"}) == ("", [])  # a CPU-only jax
-    monkeypatch.setattr(compare_module, "_jax_plugins", lambda: frozenset({"tpu"}))
+    monkeypatch.setattr(accelerators, "jax_plugins", lambda: frozenset({"tpu"}))
     assert visible({"TPU_VISIBLE_CHIPS": "1,3"}) == ("tpu", ["1", "3"])
     listing = (
         "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaa)\n"
@@ -470,7 +472,7 @@ def test_visible_accelerators_without_starting_jax(monkeypatch):
         "  MIG 3g.20gb     Device  0: (UUID: MIG-ccc)\n"
         "  MIG 3g.20gb     Device  1: (UUID: MIG-ddd)\n"
     )
-    assert compare_module._nvidia_ids(listing) == ["0", "MIG-ccc", "MIG-ddd"]
+    assert accelerators.nvidia_ids(listing) == ["0", "MIG-ccc", "MIG-ddd"]
 
 
 class _FakePopen:
@@ -517,7 +519,7 @@ def test_jobs_get_disjoint_gpus(tmp_path, fake_popen, monkeypatch, capsys):
     cfg = load_config(None, TINY)
     runs = plan_runs(cfg, None, ["ew", "uw"], 2, tmp_path, overrides=TINY)  # 8 runs
     monkeypatch.setattr(
-        compare_module, "_visible_accelerators", lambda env: ("cuda", ["0", "1", "2", "3"])
+        compare_module, "visible_accelerators", lambda env: ("cuda", ["0", "1", "2", "3"])
     )
     assert execute(runs, jobs=2, verbose=True) == []
     assert "GPUs per job: 0,1 | 2,3" in capsys.readouterr().err
@@ -531,7 +533,7 @@ def test_jobs_get_disjoint_gpus(tmp_path, fake_popen, monkeypatch, capsys):
 def test_more_jobs_than_gpus_share_them_and_say_so(tmp_path, fake_popen, monkeypatch, capsys):
     cfg = load_config(None, TINY)
     runs = plan_runs(cfg, None, ["ew"], 2, tmp_path, overrides=TINY)  # 6 runs
-    monkeypatch.setattr(compare_module, "_visible_accelerators", lambda env: ("cuda", ["7", "9"]))
+    monkeypatch.setattr(compare_module, "visible_accelerators", lambda env: ("cuda", ["7", "9"]))
     assert execute(runs, jobs=3, verbose=False) == []
     assert "only 2 GPU(s); jobs share them round-robin (7, 9)" in capsys.readouterr().err
     assert {e["CUDA_VISIBLE_DEVICES"] for e in fake_popen.envs} <= {"7", "9"}
@@ -540,7 +542,7 @@ def test_more_jobs_than_gpus_share_them_and_say_so(tmp_path, fake_popen, monkeyp
 def test_tpu_chips_are_never_shared(tmp_path, fake_popen, monkeypatch, capsys):
     cfg = load_config(None, TINY)
     runs = plan_runs(cfg, None, ["ew"], 2, tmp_path, overrides=TINY)  # 6 runs
-    monkeypatch.setattr(compare_module, "_visible_accelerators", lambda env: ("tpu", ["0", "1"]))
+    monkeypatch.setattr(compare_module, "visible_accelerators", lambda env: ("tpu", ["0", "1"]))
     assert execute(runs, jobs=4, verbose=False) == []
     assert "cannot be shared between processes; running 2 job(s) at a time" in (
         capsys.readouterr().err
@@ -555,7 +557,7 @@ def test_tpu_chips_are_never_shared(tmp_path, fake_popen, monkeypatch, capsys):
 def test_cpu_jobs_keep_the_environment(tmp_path, fake_popen, monkeypatch):
     cfg = load_config(None, TINY)
     runs = plan_runs(cfg, None, ["ew"], 1, tmp_path, overrides=TINY)
-    monkeypatch.setattr(compare_module, "_visible_accelerators", lambda env: ("", []))
+    monkeypatch.setattr(compare_module, "visible_accelerators", lambda env: ("", []))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert execute(runs, jobs=2, verbose=False) == []
     assert all("CUDA_VISIBLE_DEVICES" not in e for e in fake_popen.envs)
