@@ -18,7 +18,7 @@ def test_train_writes_workdir_and_eval_reads_it(tiny_overrides, tmp_path, capsys
     workdir = tmp_path / "run"
     sets = [a for o in tiny_overrides for a in ("--set", o)]
     assert main(["train", "--workdir", str(workdir), *sets, "--set", "logging.plots=true"]) == 0
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/losses.png"):
+    for name in ("resolved_config.yaml", "metrics.jsonl", "summary.json", "plots/losses.png"):
         assert (workdir / name).is_file(), name
     assert (workdir / "checkpoints").is_dir()
 
@@ -120,7 +120,10 @@ def test_bad_yaml_file_names_file_and_line(tmp_path, capsys):
 
 def test_eval_on_missing_workdir_is_an_input_error(tmp_path, capsys):
     assert main(["eval", "--workdir", str(tmp_path / "none")]) == 2
-    assert "config.yaml" in capsys.readouterr().err
+    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--workdir", str(tmp_path / "empty")]) == 2
+    assert "resolved_config.yaml" in capsys.readouterr().err
 
 
 def test_console_script_help():
