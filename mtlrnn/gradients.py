@@ -15,7 +15,12 @@ Notation: ``K`` tasks, ``D`` flat size of what the gradients are taken with resp
   memory is that of ``full``; the saving is the aggregator's ``O(K D)`` work and copies.
 
 In every mode head parameters receive their own task's gradient (the sum over tasks of the
-per-task head gradients, each task touching only its own head), never an aggregate.
+per-task head gradients, each task touching only its own head), never an aggregate; a method
+may scale each task's head gradient (``info["head_weights"]``, see
+:mod:`mtlrnn.weighting.base`) where its reference implementation does.
+
+The Gramian is :func:`mtlrnn.weighting.base.gramian` (full precision, symmetrised), the same
+function every weighting method uses, so the ``gramian`` and ``full`` modes agree.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+
+from mtlrnn.weighting.base import HIGHEST
+from mtlrnn.weighting.base import gramian  # the package's one Gramian (re-exported here)
+
+__all__ = ["MODES", "effective_weights", "gramian", "sum_tasks", "task_jacobian", "vmap_vjp"]
 
 MODES: tuple[str, ...] = ("full", "representation", "gramian")
 
@@ -68,18 +78,6 @@ def task_jacobian(
     return losses, jac
 
 
-def gramian(jac: Any) -> chex.Array:
-    """``G = J J^T`` ``[K, K]`` from per-task gradients with a leading ``K`` axis, leaf by
-    leaf (no flat ``[K, D]`` concatenation), accumulated in float32."""
-    leaves = jax.tree.leaves(jac)
-    k = leaves[0].shape[0]
-    total = jnp.zeros((k, k), jnp.float32)
-    for leaf in leaves:
-        flat = leaf.reshape(k, -1).astype(jnp.float32)
-        total = total + flat @ flat.T
-    return total
-
-
 def sum_tasks(tree: Any) -> Any:
     """Sum over the leading ``K`` axis of every leaf."""
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
@@ -94,7 +92,11 @@ def effective_weights(jac: Any, direction: Any) -> chex.Array:
     """
     gram_ = gramian(jac)
     jd = sum(
-        jnp.tensordot(j.reshape(j.shape[0], -1).astype(jnp.float32), d.reshape(-1), axes=1)
+        jnp.matmul(
+            j.reshape(j.shape[0], -1).astype(gram_.dtype),
+            d.reshape(-1).astype(gram_.dtype),
+            precision=HIGHEST,
+        )
         for j, d in zip(jax.tree.leaves(jac), jax.tree.leaves(direction), strict=True)
     )
     return jnp.linalg.pinv(gram_, hermitian=True) @ jd

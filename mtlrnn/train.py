@@ -229,7 +229,8 @@ def make_train_step(
     Loss-based strategies take one backward pass: the VJP of the loss vector with the
     (stop-gradient) weights as cotangent is the gradient of ``sum_k w_k * loss_k``. Gradient
     strategies get per-task gradients in ``grad_mode`` (see :mod:`mtlrnn.gradients`); head
-    parameters always receive their own task's gradient.
+    parameters receive their own task's gradient (scaled by ``info["head_weights"]`` where
+    the method's reference does so: :func:`head_grads`).
 
     Every per-task loss is a masked mean over the *global* batch: with ``accumulate = m`` the
     batch is split into ``m`` micro-batches of consecutive rows and with ``axis_name`` (inside
@@ -242,7 +243,9 @@ def make_train_step(
 
     A step whose losses or gradient are not finite leaves params, optimizer and weighting
     state unchanged (``step`` still advances, so the data position and randomness move on)
-    and reports ``nonfinite = 1``; the caller decides to skip or stop.
+    and reports ``nonfinite = 1``; the caller decides to skip or stop. For strategies with
+    ``after_update`` (FAMO), a non-finite loss after the update leaves the weighting state
+    unchanged too.
     """
     tasks = model.tasks
     num_tasks = len(tasks)
@@ -255,8 +258,10 @@ def make_train_step(
         )
     if accumulate < 1:
         raise ValueError(f"train.accumulate: must be >= 1, got {accumulate}")
-    if strategy.requires == "grads" and grad_mode == "representation" and (
-        accumulate > 1 or axis_name is not None
+    if (
+        strategy.requires == "grads"
+        and grad_mode == "representation"
+        and (accumulate > 1 or axis_name is not None)
     ):
         raise ValueError(
             "weighting.mode: representation needs the whole batch's activations in one place; "
@@ -337,9 +342,7 @@ def make_train_step(
             shared, heads = split_params(model, state.params)
 
             def micro_jacobian(mb: Batch, k: chex.PRNGKey) -> tuple[chex.Array, Any, Any]:
-                part, vjp = jax.vjp(
-                    lambda s, h: partial_losses({**s, **h}, mb, k), shared, heads
-                )
+                part, vjp = jax.vjp(lambda s, h: partial_losses({**s, **h}, mb, k), shared, heads)
                 js, jh = vmap_vjp(vjp, num_tasks, chunk_size=chunk_size)
                 return part, js, jh
 
@@ -358,16 +361,19 @@ def make_train_step(
                 direction = jax.tree.map(
                     lambda j: jnp.tensordot(weights.astype(j.dtype), j, axes=1), jac_shared
                 )
-            grads = {**direction, **sum_tasks(jac_heads)}
+            grads = {**direction, **head_grads(jac_heads, info)}
 
         weights = info.get("weights", effective)
         weights = jax.lax.stop_gradient(weights).astype(losses.dtype)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if strategy.after_update is not None:
-            wstate = strategy.after_update(
-                wstate, jax.lax.stop_gradient(losses), global_losses(params)
-            )
+            losses_after = global_losses(params)
+            after = strategy.after_update(wstate, jax.lax.stop_gradient(losses), losses_after)
+            # A non-finite loss before or after the update leaves the strategy's state as it was
+            # (FAMO's logits would otherwise turn NaN for good).
+            usable = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.isfinite(losses_after))
+            wstate = jax.tree.map(lambda new, old: jnp.where(usable, new, old), after, wstate)
         grad_norm = optax.tree.norm(grads)
         finite_losses = jnp.isfinite(losses)
         finite = jnp.all(finite_losses) & jnp.isfinite(grad_norm)
@@ -392,6 +398,18 @@ def make_train_step(
         return new_state, metrics
 
     return step
+
+
+def head_grads(jac_heads: Any, info: Mapping[str, chex.Array]) -> Any:
+    """The heads' gradient from per-task head gradients ``[K, ...]`` (each task's rows are
+    non-zero only on its own head): their sum, or with ``info["head_weights"]: [K]`` (a
+    method whose reference trains the heads on re-weighted losses, e.g. DB-MTL, ExcessMTL)
+    the weighted sum."""
+    weights = info.get("head_weights")
+    if weights is None:
+        return sum_tasks(jac_heads)
+    weights = jax.lax.stop_gradient(weights)
+    return jax.tree.map(lambda j: jnp.tensordot(weights.astype(j.dtype), j, axes=1), jac_heads)
 
 
 def _representation_grads(
@@ -435,7 +453,7 @@ def _representation_grads(
     else:
         info = {**info, "effective_weights": info["weights"]}
     (shared_grads,) = encode_vjp((direction["rep"], direction["last"]))
-    return losses, {**shared_grads, **sum_tasks(jac_heads)}, wstate, info
+    return losses, {**shared_grads, **head_grads(jac_heads, info)}, wstate, info
 
 
 def make_eval_step(model: MultiTaskRNN) -> Callable[[Any, Batch], tuple[chex.Array, Stats]]:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtlrnn.weighting.solvers import min_norm_active_set
 from mtlrnn.weighting.solvers import min_norm_simplex
 from mtlrnn.weighting.solvers import min_norm_two
 from mtlrnn.weighting.solvers import nonneg_qp
@@ -64,6 +65,30 @@ def test_min_norm_kkt(k):
     assert lam - 1e-5 <= float(fw @ gram @ fw) <= lam * 1.05 + 1e-6
 
 
+@pytest.mark.parametrize("k, d", [(3, 6), (5, 8), (8, 4)])
+def test_min_norm_active_set_kkt_under_jit_and_vmap(k, d):
+    """KKT of min w^T G w on the simplex (Wolfe 1976): (G w)_i >= w^T G w everywhere, with
+    equality on the support, to float32 rounding; also with K > D (singular G)."""
+    grams = jnp.stack([_random_gram(k, d, 20 + s) for s in range(3)])
+    weights = jax.jit(jax.vmap(min_norm_active_set))(grams)
+    for gram, w in zip(np.asarray(grams, np.float64), np.asarray(weights, np.float64), strict=True):
+        scale = np.max(np.diag(gram))
+        slack = (gram @ w - w @ gram @ w) / scale
+        assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-6
+        assert np.all(slack >= -2e-6)
+        assert np.all(np.abs(slack[w > 1e-6]) <= 2e-6)
+    # The default method of min_norm_simplex.
+    np.testing.assert_array_equal(min_norm_simplex(grams[0]), min_norm_active_set(grams[0]))
+
+
+def test_min_norm_active_set_edge_cases():
+    np.testing.assert_allclose(min_norm_active_set(jnp.zeros((3, 3))), [1 / 3] * 3)
+    # Hand computation: g1 = (1, 0), g2 = (0, 1), g3 = (1, 1): the min-norm point is (1/2, 1/2)
+    # on the segment [g1, g2], w = (1/2, 1/2, 0).
+    j = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_allclose(min_norm_active_set(j @ j.T), [0.5, 0.5, 0.0], atol=1e-7)
+
+
 def test_nonneg_qp_kkt_and_vmap():
     gram = _random_gram(4, 6, 7)
     q = jnp.asarray([-1.0, 0.5, -0.2, 0.3])
@@ -73,7 +98,5 @@ def test_nonneg_qp_kkt_and_vmap():
     assert np.all(u >= 0)
     assert np.all(grad >= -1e-4)  # dual feasibility
     assert abs(float(u @ grad)) < 1e-4  # complementary slackness
-    batched = jax.vmap(lambda qq: nonneg_qp(gram, qq))(
-        jnp.stack([q, 2 * q])
-    )
+    batched = jax.vmap(lambda qq: nonneg_qp(gram, qq))(jnp.stack([q, 2 * q]))
     np.testing.assert_allclose(batched[1], 2 * batched[0], rtol=1e-3, atol=1e-4)

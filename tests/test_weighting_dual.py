@@ -79,7 +79,9 @@ def test_mgda_two_task_closed_form():
     np.testing.assert_allclose(direction, [0.8, 0.4], atol=1e-6)
 
 
-@pytest.mark.parametrize("solver, tol", [("projected_gradient", 1e-5), ("frank_wolfe", 1e-2)])
+@pytest.mark.parametrize(
+    "solver, tol", [("active_set", 1e-6), ("projected_gradient", 1e-5), ("frank_wolfe", 1e-2)]
+)
 def test_mgda_min_norm_kkt_three_tasks(solver, tol):
     # KKT of min w^T G w on the simplex: (G w)_i >= w^T G w, with equality where w_i > 0.
     # Frank-Wolfe converges sublinearly (250 steps), hence its looser tolerance.
@@ -136,13 +138,16 @@ def test_dual_cone_methods_do_not_conflict(name):
 # ----------------------------------------------------------------------------- Nash / FairGrad
 
 
-def test_nash_mtl_solves_bargaining_equation():
+@pytest.mark.parametrize("scale", ["raw", "frobenius"])
+def test_nash_mtl_solves_bargaining_equation(scale):
     losses, grads = _problem(4, 8, seed=6)
-    strategy = dual.nash_mtl(max_norm=0.0)
+    strategy = dual.nash_mtl(max_norm=0.0, scale=scale)
     _, _, info = jax.jit(strategy.combine)(strategy.init(4), losses, grads)
     alpha = np.asarray(info["weights"], np.float64)
     gram = np.asarray(grads, np.float64) @ np.asarray(grads, np.float64).T
-    gram /= np.linalg.norm(gram)  # the authors' Frobenius normalisation
+    if scale == "frobenius":
+        gram /= np.linalg.norm(gram)
+    # "raw" (default): the authors' constraint alpha_k (G alpha)_k >= 1 on the raw Gramian.
     assert np.all(alpha > 0)
     np.testing.assert_allclose(gram @ alpha, 1.0 / alpha, rtol=1e-4)
 
@@ -186,14 +191,18 @@ def test_fairgrad_solves_alpha_fair_equation(alpha):
     np.testing.assert_allclose(gram @ w, w ** (-1.0 / alpha), rtol=1e-3)
 
 
-def test_fairgrad_alpha_one_is_nash_up_to_normalisation():
-    # G w = 1/w and (G/c) a = 1/a give w = a / sqrt(c), c = ||G||_F (Nash-MTL's scaling).
+def test_fairgrad_alpha_one_is_nash():
+    # Both solve G w = 1/w on the raw Gramian; Nash-MTL's scale="frobenius" solves
+    # (G/c) a = 1/a, so w = a / sqrt(c) with c = ||G||_F.
     losses, grads = _problem(3, 6, seed=9)
     _, _, fair = dual.fairgrad(alpha=1.0, max_norm=0.0).combine((), losses, grads)
     nash = dual.nash_mtl(max_norm=0.0)
     _, _, bargain = nash.combine(nash.init(3), losses, grads)
+    np.testing.assert_allclose(fair["weights"], bargain["weights"], rtol=1e-4)
+    frob_nash = dual.nash_mtl(max_norm=0.0, scale="frobenius")
+    _, _, normalised = frob_nash.combine(frob_nash.init(3), losses, grads)
     frob = jnp.linalg.norm(grads @ grads.T)
-    np.testing.assert_allclose(fair["weights"] * jnp.sqrt(frob), bargain["weights"], rtol=1e-4)
+    np.testing.assert_allclose(fair["weights"] * jnp.sqrt(frob), normalised["weights"], rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- GradNorm
@@ -361,6 +370,7 @@ def test_pytree_gradients():
         (dual.dualproj, {"norm_eps": -1.0}, "norm_eps"),
         (dual.nash_mtl, {"update_weights_every": 0}, "update_weights_every"),
         (dual.nash_mtl, {"max_norm": -1.0}, "max_norm"),
+        (dual.nash_mtl, {"scale": "l2"}, "scale"),
         (dual.fairgrad, {"alpha": 0.0}, "alpha"),
         (dual.moco, {"beta": 1.5}, "beta"),
         (dual.moco, {"normalize": "l2"}, "normalize"),

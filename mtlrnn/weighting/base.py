@@ -12,9 +12,18 @@ A strategy is a NamedTuple of pure functions, in optax's shape:
     ``out: [D]`` (or the matching pytree).
 
   ``info`` is a dict of arrays for logging; ``info["weights"]: [K]`` where the method
-  defines weights.
+  defines weights. A gradient method may also return ``info["head_weights"]: [K]``, the
+  coefficient of task ``k``'s gradient on its own task-specific parameters (the heads), for
+  methods whose reference implementation does not train the heads on the plain task losses
+  (DB-MTL: ``1 / L_k``, the gradient of ``log L_k``; ExcessMTL: its task weights). Absent,
+  each head gets its own task's plain gradient.
 
 Everything is jittable and free of Python-side mutable state.
+
+Gramians: :func:`gramian` is the one ``G = J J^T`` of the package (every gradient mode and
+every method uses it): full-precision matmuls (``Precision.HIGHEST``: no TF32/bf16 passes on
+accelerators, so the ``gramian`` and ``full`` modes give the same weights), accumulated in at
+least float32, exactly symmetric.
 """
 
 from __future__ import annotations
@@ -29,11 +38,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtlrnn.weighting.validate import check_num_tasks
+
+__all__ = [
+    "Strategy",
+    "check_num_tasks",
+    "combine_rows",
+    "compute_dtype",
+    "flatten_task_grads",
+    "gram_strategy",
+    "gradient_strategy",
+    "gramian",
+    "stateless_init",
+]
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
 State = Any
 Info = dict[str, chex.Array]
 InitFn = Callable[..., State]
 CombineFn = Callable[..., tuple[Any, State, Info]]
 GramFn = Callable[..., tuple[chex.Array, State, Info]]
+WeightsFn = Callable[..., tuple[chex.Array, State, Info]]
 AfterFn = Callable[[State, chex.Array, chex.Array], State]
 
 
@@ -69,10 +95,43 @@ class Strategy(NamedTuple):
     modes: tuple[str, ...] = ("full", "representation", "gramian")
 
 
-def check_num_tasks(num_tasks: int) -> None:
-    """Raise ValueError unless ``num_tasks`` is a positive int."""
-    if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
-        raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
+def stateless_init(num_tasks: int) -> tuple[()]:
+    """``init`` of a strategy without state: checks ``num_tasks``, returns ``()``."""
+    check_num_tasks(num_tasks)
+    return ()
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """At least float32 (bf16/f16 inputs are combined and solved in float32)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def gramian(jac: Any) -> chex.Array:
+    """``G = J J^T: [K, K]`` of per-task gradients ``J``: a ``[K, D]`` matrix or a pytree
+    whose leaves have a leading ``K`` axis (accumulated leaf by leaf, without concatenating
+    a flat matrix).
+
+    Full-precision products (``Precision.HIGHEST``) accumulated in at least float32, then
+    symmetrised (``(G + G^T) / 2``), so every gradient mode sees the same matrix.
+    """
+    leaves = jax.tree.leaves(jac)
+    if not leaves:
+        raise ValueError("grads: empty pytree")
+    k = leaves[0].shape[0]
+    dtype = compute_dtype(jnp.result_type(*leaves))
+    total = jnp.zeros((k, k), dtype)
+    for leaf in leaves:
+        flat = leaf.reshape(k, -1).astype(dtype)
+        total = total + jnp.matmul(flat, flat.T, precision=HIGHEST)
+    return 0.5 * (total + total.T)
+
+
+def combine_rows(weights: chex.Array, matrix: chex.Array) -> chex.Array:
+    """``w @ J: [D]`` for ``w: [K]`` and ``J: [K, D]``, at full precision, accumulated in at
+    least float32 and returned in ``J``'s dtype."""
+    dtype = compute_dtype(matrix.dtype)
+    out = jnp.matmul(weights.astype(dtype), matrix.astype(dtype), precision=HIGHEST)
+    return out.astype(matrix.dtype)
 
 
 def flatten_task_grads(grads: Any) -> tuple[chex.Array, Callable[[chex.Array], Any]]:
@@ -146,3 +205,32 @@ def gradient_strategy(
         needs_dim=needs_dim,
         modes=tuple(modes),
     )
+
+
+def gram_strategy(
+    name: str,
+    init: InitFn,
+    weights_fn: WeightsFn,
+    *,
+    modes: tuple[str, ...] | None = None,
+) -> Strategy:
+    """A gradient Strategy whose direction is ``w @ J`` with ``w`` a function of the Gramian.
+
+    ``weights_fn(state, losses [K], G [K, K], key) -> (weights [K], state, info)`` receives
+    ``G`` in at least float32. It is the strategy's ``from_gram`` (the ``gramian`` mode); the
+    ``combine`` path forms ``G`` with :func:`gramian` and returns ``w @ J``, so both paths give
+    the same direction by construction.
+    """
+
+    def from_gram(
+        state: State, losses: chex.Array, gram: chex.Array, key: chex.PRNGKey | None = None
+    ) -> tuple[chex.Array, State, Info]:
+        return weights_fn(state, losses, gram.astype(compute_dtype(gram.dtype)), key)
+
+    def matrix_combine(
+        state: State, losses: chex.Array, grads: chex.Array, key: chex.PRNGKey | None = None
+    ) -> tuple[chex.Array, State, Info]:
+        weights, state, info = weights_fn(state, losses, gramian(grads), key)
+        return combine_rows(weights, grads), state, info
+
+    return gradient_strategy(name, init, matrix_combine, from_gram=from_gram, modes=modes)

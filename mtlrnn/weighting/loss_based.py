@@ -19,7 +19,6 @@ import math
 import numbers
 from collections.abc import Callable
 from collections.abc import Sequence
-from typing import Any
 from typing import NamedTuple
 
 import chex
@@ -29,6 +28,9 @@ import jax.numpy as jnp
 from mtlrnn.weighting.base import Info
 from mtlrnn.weighting.base import Strategy
 from mtlrnn.weighting.base import check_num_tasks
+from mtlrnn.weighting.validate import check_choice
+from mtlrnn.weighting.validate import check_int
+from mtlrnn.weighting.validate import check_number
 
 # Added where a loss is divided by or its log taken. 1e-8 is DB-MTL's and FAMO's constant
 # (LibMTL DB_MTL: torch.log(losses + 1e-8); Cranial-XIX/FAMO: losses - min_losses + 1e-8).
@@ -41,55 +43,6 @@ _ADAM_EPS = 1e-8
 _INNER_OPTIMIZERS = ("adam", "sgd")
 # The package's default model learning rate (mtlrnn.config.OptimizerConfig.learning_rate).
 _MODEL_LR = 3e-3
-
-
-# --------------------------------------------------------------------------------------------
-# Hyper-parameter checks (plain Python, in the factories).
-
-
-def _number(name: str, value: Any, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}: {allowed}, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: {allowed}, got {value!r}")
-    return value
-
-
-def _positive(name: str, value: Any) -> float:
-    allowed = "must be a number > 0"
-    v = _number(name, value, allowed)
-    if v <= 0:
-        raise ValueError(f"{name}: {allowed}, got {value!r}")
-    return v
-
-
-def _non_negative(name: str, value: Any) -> float:
-    allowed = "must be a number >= 0"
-    v = _number(name, value, allowed)
-    if v < 0:
-        raise ValueError(f"{name}: {allowed}, got {value!r}")
-    return v
-
-
-def _unit_interval(name: str, value: Any) -> float:
-    allowed = "must be a number in [0, 1)"
-    v = _number(name, value, allowed)
-    if not 0.0 <= v < 1.0:
-        raise ValueError(f"{name}: {allowed}, got {value!r}")
-    return v
-
-
-def _int_at_least(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +183,8 @@ class LearnedScaleState(NamedTuple):
 def _learned_scale(name: str, sign: float, lr: float, optimizer: str) -> Strategy:
     """Weights ``exp(sign * s_k)`` for the objective ``sum_k exp(sign s_k) L_k - sign s_k``;
     ``sign = -1`` is uncertainty weighting, ``sign = +1`` IMTL-L."""
-    lr = _positive("lr", lr)
-    optimizer = _choice("optimizer", optimizer, _INNER_OPTIMIZERS)
+    lr = check_number("lr", lr, low=0.0, low_open=True)
+    optimizer = check_choice("optimizer", optimizer, _INNER_OPTIMIZERS)
 
     def init(num_tasks: int) -> LearnedScaleState:
         check_num_tasks(num_tasks)
@@ -350,8 +303,8 @@ def dwa(*, temperature: float = 2.0, ema_decay: float = 0.0) -> Strategy:
 
     State: :class:`DWAState`. Info: ``weights [K]``.
     """
-    temperature = _positive("temperature", temperature)
-    ema_decay = _unit_interval("ema_decay", ema_decay)
+    temperature = check_number("temperature", temperature, low=0.0, low_open=True)
+    ema_decay = check_number("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
 
     def init(num_tasks: int) -> DWAState:
         check_num_tasks(num_tasks)
@@ -409,7 +362,7 @@ def rlw(*, std: float = 1.0) -> Strategy:
 
     State: :class:`RLWState`. Info: ``weights [K]``.
     """
-    std = _positive("std", std)
+    std = check_number("std", std, low=0.0, low_open=True)
 
     def init(num_tasks: int) -> RLWState:
         check_num_tasks(num_tasks)
@@ -468,7 +421,7 @@ def log_losses(*, eps: float = _EPS) -> Strategy:
 
     Stateless. Info: ``weights [K]``.
     """
-    eps = _positive("eps", eps)
+    eps = check_number("eps", eps, low=0.0, low_open=True)
 
     def weights_fn(losses: chex.Array) -> chex.Array:
         return (1.0 / (_as_f32(losses) + eps)).astype(losses.dtype)
@@ -524,6 +477,8 @@ def famo(
     does not clamp; a loss below its given minimum would otherwise make ``log`` NaN).
 
     Without ``after_update`` calls the logits stay 0 and the weights are ``1/D_k`` normalised.
+    ``after_update`` returns the state unchanged when a loss before or after the step is not
+    finite.
     The returned weights are those at the current logits; ``combine`` does not change state.
 
     Args:
@@ -534,9 +489,9 @@ def famo(
 
     State: :class:`FAMOState`. Info: ``weights [K]``, ``task_weights [K]`` (``z``).
     """
-    lr = _positive("lr", lr)
-    gamma = _non_negative("gamma", gamma)
-    optimizer = _choice("optimizer", optimizer, _INNER_OPTIMIZERS)
+    lr = check_number("lr", lr, low=0.0, low_open=True)
+    gamma = check_number("gamma", gamma, low=0.0)
+    optimizer = check_choice("optimizer", optimizer, _INNER_OPTIMIZERS)
     if min_losses is not None:
         message = f"min_losses: must be a non-empty list of finite numbers, got {min_losses!r}"
         if isinstance(min_losses, str) or not isinstance(min_losses, Sequence):
@@ -586,7 +541,12 @@ def famo(
         logits, opt = _inner_step(
             state.logits, grad, state.opt, lr=lr, optimizer=optimizer, weight_decay=gamma
         )
-        return FAMOState(logits=logits, opt=opt)
+        # A non-finite loss before or after the step would make the logits NaN for good (and
+        # every later step non-finite): keep the state, as the trainer keeps the parameters.
+        usable = jnp.all(jnp.isfinite(delta))
+        return jax.tree.map(
+            lambda new, old: jnp.where(usable, new, old), FAMOState(logits=logits, opt=opt), state
+        )
 
     return Strategy(
         name="famo", requires="losses", init=init, combine=combine, after_update=after_update
@@ -637,9 +597,9 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 200, nadir_steps: int = 50) -> 
     State: :class:`STCHState`. Info: ``weights [K]``, ``nadir [K]`` (meaningful once
     ``active`` is 1), ``active []`` (1.0 in the STCH phase, 0.0 during warm-up).
     """
-    mu = _positive("mu", mu)
-    warmup_steps = _int_at_least("warmup_steps", warmup_steps, 0)
-    nadir_steps = _int_at_least("nadir_steps", nadir_steps, 1)
+    mu = check_number("mu", mu, low=0.0, low_open=True)
+    warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
+    nadir_steps = check_int("nadir_steps", nadir_steps, low=1)
     total_warmup = warmup_steps + nadir_steps
 
     def init(num_tasks: int) -> STCHState:

@@ -31,17 +31,19 @@ import jax
 import jax.numpy as jnp
 
 from mtlrnn.weighting.base import Info
-from mtlrnn.weighting.base import State
 from mtlrnn.weighting.base import Strategy
 from mtlrnn.weighting.base import check_num_tasks
+from mtlrnn.weighting.base import compute_dtype
 from mtlrnn.weighting.base import gradient_strategy
+from mtlrnn.weighting.base import gram_strategy
+from mtlrnn.weighting.base import stateless_init
 from mtlrnn.weighting.solvers import project_simplex
+from mtlrnn.weighting.validate import check_choice
+from mtlrnn.weighting.validate import check_int
+from mtlrnn.weighting.validate import check_number
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 _TINY = 1e-30  # guards divisions whose numerator is then exactly zero
 _REL_EPS = 1e-6  # relative threshold on normalised norms (mean squared gradient norm = 1)
-
-WeightsFn = Callable[..., tuple[chex.Array, State, Info]]
 
 
 # ----------------------------------------------------------------------------------------
@@ -50,10 +52,6 @@ WeightsFn = Callable[..., tuple[chex.Array, State, Info]]
 
 def _default_key(key: chex.PRNGKey | None) -> chex.PRNGKey:
     return jax.random.key(0) if key is None else key
-
-
-def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _safe_div(num: chex.Array, den: chex.Array) -> chex.Array:
@@ -74,52 +72,6 @@ def _task_orders(key: chex.PRNGKey | None, num_tasks: int) -> chex.Array:
     # argsort of i.i.d. uniforms: a uniformly random permutation per row (one sort).
     draws = jax.random.uniform(_default_key(key), (num_tasks, num_tasks))
     return jnp.argsort(draws, axis=1)
-
-
-def _stateless_init(num_tasks: int) -> tuple[()]:
-    check_num_tasks(num_tasks)
-    return ()
-
-
-def _check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    if value not in allowed or isinstance(value, bool):
-        raise ValueError(f"{name}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-
-
-def _check_float(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(f"{name}: must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: must be an int >= {low}, got {value!r}")
-    return value
-
-
-def _gram_strategy(name: str, init: Callable[..., State], weights_fn: WeightsFn) -> Strategy:
-    """A Strategy whose direction is ``weights @ J`` with ``weights_fn(state, losses, G, key)
-    -> (weights [K], state, info)``; ``from_gram`` is ``weights_fn`` itself."""
-
-    def matrix_combine(
-        state: State, losses: chex.Array, grads: chex.Array, key: chex.PRNGKey | None
-    ) -> tuple[chex.Array, State, Info]:
-        matrix = grads.astype(_compute_dtype(grads.dtype))
-        gram = jnp.matmul(matrix, matrix.T, precision=_HIGHEST)
-        weights, state, info = weights_fn(state, losses, gram, key)
-        direction = jnp.matmul(weights.astype(matrix.dtype), matrix, precision=_HIGHEST)
-        return direction.astype(grads.dtype), state, info
-
-    def from_gram(
-        state: State, losses: chex.Array, gram: chex.Array, key: chex.PRNGKey | None = None
-    ) -> tuple[chex.Array, State, Info]:
-        weights, state, info = weights_fn(
-            state, losses, gram.astype(_compute_dtype(gram.dtype)), key
-        )
-        return weights.astype(gram.dtype), state, info
-
-    return gradient_strategy(name, init, matrix_combine, from_gram=from_gram)
 
 
 def _reduce(coefficients: chex.Array, reduction: str) -> chex.Array:
@@ -173,7 +125,7 @@ def pcgrad(*, reduction: str = "sum") -> Strategy:
 
     ``info["weights"]: [K]``: the effective coefficients of the original gradients.
     """
-    _check_choice("reduction", reduction, ("sum", "mean"))
+    check_choice("reduction", reduction, ("sum", "mean"))
 
     def weights_fn(
         state: tuple[()], losses: chex.Array, gram: chex.Array, key: chex.PRNGKey | None
@@ -183,7 +135,7 @@ def pcgrad(*, reduction: str = "sum") -> Strategy:
         weights = _reduce(coefficients, reduction)
         return weights, state, {"weights": weights}
 
-    return _gram_strategy("pcgrad", _stateless_init, weights_fn)
+    return gram_strategy("pcgrad", stateless_init, weights_fn)
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,8 +209,8 @@ def gradvac(*, beta: float = 0.5, reduction: str = "sum") -> Strategy:
     other tasks is drawn per task from ``key`` as in :func:`pcgrad`.
     State: :class:`GradVacState`. ``info["weights"]``: effective coefficients.
     """
-    beta = _check_float("beta", beta, 0.0, 1.0)
-    _check_choice("reduction", reduction, ("sum", "mean"))
+    beta = check_number("beta", beta, low=0.0, high=1.0)
+    check_choice("reduction", reduction, ("sum", "mean"))
 
     def init(num_tasks: int) -> GradVacState:
         check_num_tasks(num_tasks)
@@ -274,7 +226,7 @@ def gradvac(*, beta: float = 0.5, reduction: str = "sum") -> Strategy:
         new_state = GradVacState(phi_hat=phi_hat.astype(state.phi_hat.dtype))
         return weights, new_state, {"weights": weights}
 
-    return _gram_strategy("gradvac", init, weights_fn)
+    return gram_strategy("gradvac", init, weights_fn)
 
 
 # ----------------------------------------------------------------------------------------
@@ -297,18 +249,27 @@ def graddrop(*, leak: float | Sequence[float] = 0.0) -> Strategy:
         paper's GradDrop; 1 is plain summation).
 
     Conventions: the purity is used as is (the paper's monotone transform ``f`` is the
-    identity). The paper applies GradDrop to the gradient at a shared activation; here it
-    acts on whatever ``[K, D]`` matrix it receives, which is exactly that in the
-    ``representation`` mode and the parameters' Jacobian in the ``full`` mode. No
-    ``from_gram`` (elementwise). Random: ``U`` is drawn from ``key`` (``None``: a fixed key).
-    ``info["drop_fraction"]``: the fraction of non-zero entries of ``J`` dropped.
+    identity). Random: ``U`` is drawn from ``key`` (``None``: a fixed key).
+    ``info["drop_fraction"]``: the fraction of non-zero entries of ``J`` dropped. No
+    ``from_gram`` (elementwise).
+
+    Modes: ``full`` only. There ``J`` is the Jacobian of the shared parameters, each entry
+    already summed over the batch, and the masks are drawn per parameter: TorchJD's
+    ``GradDrop`` aggregator (lines 10-15 of the paper's Alg. 1 applied to a Jacobian). The
+    paper applies GradDrop at a shared activation ``A`` and, for batch-separated activations,
+    sums ``sign(A) * dL_i/dA`` over the batch before computing the purity, drawing one mask
+    per feature (LibMTL's ``GradDrop`` does the same with ``rep_grad``). This package's
+    ``representation`` mode gives a strategy one gradient per batch element and time step,
+    without the activations' signs, so GradDrop there would compute its purity and masks per
+    element: a different algorithm. The mode is refused (a configuration error on
+    ``weighting.mode``) rather than run under the paper's name.
     """
     if isinstance(leak, int | float) and not isinstance(leak, bool):
         leaks = None
-        scalar_leak = _check_float("leak", leak, 0.0, 1.0)
+        scalar_leak = check_number("leak", leak, low=0.0, high=1.0)
     else:
         try:
-            leaks = tuple(_check_float("leak", float(x), 0.0, 1.0) for x in leak)
+            leaks = tuple(check_number("leak", float(x), low=0.0, high=1.0) for x in leak)
         except (TypeError, ValueError):
             raise ValueError(
                 f"leak: must be a number in [0, 1] or a list of them (one per task), got {leak!r}"
@@ -328,7 +289,7 @@ def graddrop(*, leak: float | Sequence[float] = 0.0) -> Strategy:
     ) -> tuple[chex.Array, tuple[()], Info]:
         del losses
         k, dim = grads.shape
-        matrix = grads.astype(_compute_dtype(grads.dtype))
+        matrix = grads.astype(compute_dtype(grads.dtype))
         if leaks is None:
             leak_vec = jnp.full((k, 1), scalar_leak, matrix.dtype)
         else:
@@ -343,7 +304,7 @@ def graddrop(*, leak: float | Sequence[float] = 0.0) -> Strategy:
         dropped = jnp.sum(nonzero & ~keep) / jnp.maximum(jnp.sum(nonzero), 1)
         return direction.astype(grads.dtype), state, {"drop_fraction": dropped}
 
-    return gradient_strategy("graddrop", init, matrix_combine)
+    return gradient_strategy("graddrop", init, matrix_combine, modes=("full",))
 
 
 # ----------------------------------------------------------------------------------------
@@ -424,10 +385,10 @@ def cagrad(*, c: float = 0.4, rescale: int = 1, max_iter: int = 500, tol: float 
     (times the rescale factor) is returned.
     ``info``: ``weights`` and ``solver_iterations``.
     """
-    c = _check_float("c", c, 0.0, float("inf"))
-    _check_choice("rescale", rescale, (0, 1, 2))
-    max_iter = _check_int("max_iter", max_iter, 1)
-    tol = _check_float("tol", tol, 0.0, 1.0)
+    c = check_number("c", c, low=0.0)
+    check_choice("rescale", rescale, (0, 1, 2))
+    max_iter = check_int("max_iter", max_iter, low=1)
+    tol = check_number("tol", tol, low=0.0, high=1.0)
     factor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
 
     def weights_fn(
@@ -443,7 +404,7 @@ def cagrad(*, c: float = 0.4, rescale: int = 1, max_iter: int = 500, tol: float 
         weights = (1.0 / k + lam * w) / factor
         return weights, state, {"weights": weights, "solver_iterations": iters}
 
-    return _gram_strategy("cagrad", _stateless_init, weights_fn)
+    return gram_strategy("cagrad", stateless_init, weights_fn)
 
 
 # ----------------------------------------------------------------------------------------
@@ -478,7 +439,7 @@ def imtl_g() -> Strategy:
         weights = jnp.where(ok, v / jnp.where(ok, total, 1.0), 0.0)
         return weights, state, {"weights": weights}
 
-    return _gram_strategy("imtl_g", _stateless_init, weights_fn)
+    return gram_strategy("imtl_g", stateless_init, weights_fn)
 
 
 # ----------------------------------------------------------------------------------------
@@ -529,8 +490,8 @@ def aligned_mtl(*, scale: str = "min", reduction: str = "sum") -> Strategy:
     Eigenvalues below ``max(lambda) K eps`` are treated as zero (numerical rank). The
     weights are invariant to scaling ``G`` up to that threshold. ``info["weights"]``: ``B w``.
     """
-    _check_choice("scale", scale, ("min", "median", "rmse"))
-    _check_choice("reduction", reduction, ("sum", "mean"))
+    check_choice("scale", scale, ("min", "median", "rmse"))
+    check_choice("reduction", reduction, ("sum", "mean"))
 
     def weights_fn(
         state: tuple[()], losses: chex.Array, gram: chex.Array, key: chex.PRNGKey | None
@@ -542,7 +503,7 @@ def aligned_mtl(*, scale: str = "min", reduction: str = "sum") -> Strategy:
         weights = _balance_transform(gram, scale) @ pref
         return weights, state, {"weights": weights}
 
-    return _gram_strategy("aligned_mtl", _stateless_init, weights_fn)
+    return gram_strategy("aligned_mtl", stateless_init, weights_fn)
 
 
 # ----------------------------------------------------------------------------------------
@@ -579,7 +540,7 @@ def config() -> Strategy:
         weights = jnp.where(ok, gb.sum() * beta / jnp.where(ok, sq_norm, 1.0), 0.0)
         return weights, state, {"weights": weights}
 
-    return _gram_strategy("config", _stateless_init, weights_fn)
+    return gram_strategy("config", stateless_init, weights_fn)
 
 
 FACTORIES: dict[str, Callable[..., Strategy]] = {
