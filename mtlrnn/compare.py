@@ -907,7 +907,8 @@ def report(
     text = json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False)
     write_text_atomic(os.path.join(outdir, "compare.json"), text + "\n")
     _plot_delta_m(rows, os.path.join(outdir, "delta_m.png"))
-    _say(verbose, markdown)
+    if verbose:
+        print(markdown, flush=True)  # the result: stdout (progress lines are on stderr)
     return result
 
 

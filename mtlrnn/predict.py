@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -65,6 +64,7 @@ from mtlrnn.data.vocab import Vocabulary
 from mtlrnn.fileio import atomic_writer
 from mtlrnn.fileio import same_file
 from mtlrnn.heads import group_tasks
+from mtlrnn.reporting import LOGGER
 from mtlrnn.run import VOCAB_FILE
 from mtlrnn.run import load_run
 from mtlrnn.run import model_for
@@ -372,9 +372,8 @@ def predict(
         "output": output_path,
     }
     if verbose:
-        print(
+        LOGGER.info(
             f"tagged {result['sentences']} sentences ({result['words']} words) with "
-            f"{', '.join(result['tasks'])} -> {output_path}",
-            file=sys.stderr,
+            f"{', '.join(result['tasks'])} -> {output_path}"
         )
     return result

@@ -231,7 +231,7 @@ def _refuse_changes(old_flat: Mapping[str, Any], cfg: Config, where: str) -> Non
             more += f" and {len(diffs) - 4} more"
     allowed = ", ".join(p + "*" if p.endswith(".") else p for p in RESUMABLE_KEYS)
     raise ConfigError(
-        f"{first}: cannot change when continuing {where}: it was {_shown(old, first)}, the "
+        f"{first}: cannot change when resuming {where}: it was {_shown(old, first)}, the "
         f"config now gives {_shown(new, first)}{more}; allowed to change: {allowed}; "
         + _WAYS_OUT
     )

@@ -185,8 +185,9 @@ def test_report_only_reads_the_plan(trained, capsys):
     assert [r["method"] for r in result["rows"]] == ["single-task", "ew", "uw"]
     assert os.path.isfile(os.path.join(outdir, "compare.csv"))
     assert main(["compare", "--outdir", outdir, "--report-only", "--metrics", "accuracy"]) == 0
-    md = capsys.readouterr().err
-    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    out, err = capsys.readouterr()
+    assert "| method" not in err  # the report is the result: stdout
+    header = next(line for line in out.splitlines() if line.startswith("| method"))
     assert "tag0/accuracy" in header and "macro_f1" not in header and "seq_value" not in header
 
 
