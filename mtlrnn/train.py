@@ -36,6 +36,7 @@ from mtlrnn.tasks import TaskSpec
 from mtlrnn.trunk import DTYPES
 from mtlrnn.weighting import Strategy
 from mtlrnn.weighting import get as get_strategy
+from mtlrnn.weighting.base import combine_rows
 
 StepFn = Callable[["TrainState", Batch], tuple["TrainState", dict[str, chex.Array]]]
 
@@ -358,9 +359,7 @@ def make_train_step(
                     wstate, losses, gramian(jac_shared), key=weight_key
                 )
                 effective = weights
-                direction = jax.tree.map(
-                    lambda j: jnp.tensordot(weights.astype(j.dtype), j, axes=1), jac_shared
-                )
+                direction = jax.tree.map(lambda j: _weighted_rows(weights, j), jac_shared)
             grads = {**direction, **head_grads(jac_heads, info)}
 
         weights = info.get("weights", effective)
@@ -409,7 +408,14 @@ def head_grads(jac_heads: Any, info: Mapping[str, chex.Array]) -> Any:
     if weights is None:
         return sum_tasks(jac_heads)
     weights = jax.lax.stop_gradient(weights)
-    return jax.tree.map(lambda j: jnp.tensordot(weights.astype(j.dtype), j, axes=1), jac_heads)
+    return jax.tree.map(lambda j: _weighted_rows(weights, j), jac_heads)
+
+
+def _weighted_rows(weights: chex.Array, rows: chex.Array) -> chex.Array:
+    """``sum_k w_k rows[k]`` for ``rows: [K, ...]``, at the precision of the full mode's
+    ``w @ J`` (:func:`mtlrnn.weighting.base.combine_rows`)."""
+    k = rows.shape[0]
+    return combine_rows(weights, rows.reshape(k, -1)).reshape(rows.shape[1:])
 
 
 def _representation_grads(

@@ -13,6 +13,8 @@ in their state (``needs_dim=True``) and have no ``from_gram``.
 
 Solvers (jittable, written from the papers' equations):
 
+* :func:`mtlrnn.weighting.solvers.min_norm_active_set`: MGDA's min-norm point over the
+  simplex, exactly, by Wolfe's active-set algorithm.
 * :func:`mtlrnn.weighting.solvers.nonneg_qp`: ``argmin_{u >= 0} 1/2 u^T G u + q^T u`` by
   the Lawson-Hanson active-set method (exact up to float rounding after finitely many
   steps), used for UPGrad and DualProj (a fixed-step FISTA solver stalled far from the
@@ -20,7 +22,7 @@ Solvers (jittable, written from the papers' equations):
 * :func:`_solve_power_system`: the ``v > 0`` with ``G v = v^(-p)`` (Nash-MTL: ``p = 1``;
   FairGrad: ``p = 1 / alpha``) by damped Newton on a strictly convex potential.
 
-Both run in (at least) float32. On well-conditioned Gramians they are accurate to float32
+All run in (at least) float32. On well-conditioned Gramians they are accurate to float32
 rounding; when the gradients are nearly linearly dependent (e.g. ``K > D``) the error grows
 with the condition number (measured: about 2e-4 on UPGrad's shifts for ``K = 40, D = 10``).
 """
