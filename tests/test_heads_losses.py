@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,15 +52,39 @@ def _batch(seed: int = 0) -> dict:
 def model_and_params():
     model = MultiTaskRNN(tasks=TASKS, vocab_size=20, embed_dim=8, hidden_size=6)
     batch = _batch()
-    params = model.init(jax.random.key(0), batch["inputs"], batch["lengths"])["params"]
+    # Jitted: one compile instead of one per operation of an eager forward pass.
+    params = jax.jit(model.init)(jax.random.key(0), batch["inputs"], batch["lengths"])["params"]
     return model, params
+
+
+@functools.cache
+def _jitted(model: MultiTaskRNN) -> SimpleNamespace:
+    """The compiled functions the tests share (each compiles once per module):
+    ``apply(params, inputs, lengths) -> head outputs``, ``encode(...) -> (outputs, last)``,
+    ``losses(params, batch) -> [K]``, ``loss_grads(params, batch, k) -> grads of the sum
+    of the losses (k = None) or of loss k`` and ``stats(outputs, batch)`` (batch_stats)."""
+
+    def losses(params, batch):
+        out = model.apply({"params": params}, batch["inputs"], batch["lengths"])
+        return task_losses(TASKS, out, batch)
+
+    def total(params, batch, k):
+        values = losses(params, batch)
+        return values.sum() if k is None else values[k]
+
+    return SimpleNamespace(
+        apply=jax.jit(lambda p, x, n: model.apply({"params": p}, x, n)),
+        encode=jax.jit(lambda p, x, n: model.apply({"params": p}, x, n,
+                                                   method=MultiTaskRNN.encode)),
+        losses=jax.jit(losses),
+        loss_grads=jax.jit(jax.grad(total), static_argnums=2),
+        stats=jax.jit(lambda out, batch: batch_stats(TASKS, out, batch)),
+    )
 
 
 def _reference_losses(model, params, batch):
     """Per-task loop in plain numpy over the valid positions: the definition of each loss."""
-    outputs, last = model.apply(
-        {"params": params}, batch["inputs"], batch["lengths"], method=MultiTaskRNN.encode
-    )
+    outputs, last = _jitted(model).encode(params, batch["inputs"], batch["lengths"])
     outputs, last = np.asarray(outputs, np.float64), np.asarray(last, np.float64)
     lengths = np.asarray(batch["lengths"])
     groups = {g.name: g for g in group_tasks(TASKS)}
@@ -106,8 +133,7 @@ def _reference_losses(model, params, batch):
 def test_vmapped_losses_equal_per_task_loop(model_and_params):
     model, params = model_and_params
     batch = _batch()
-    outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
-    got = np.asarray(task_losses(TASKS, outputs, batch))
+    got = np.asarray(_jitted(model).losses(params, batch))
     want = _reference_losses(model, params, batch)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -123,13 +149,10 @@ def test_padded_positions_change_nothing(model_and_params):
     for name in ("a", "b"):
         noisy["labels"][name] = jnp.where(pad, 1, batch["labels"][name])
 
-    def loss(p, bt):
-        out = model.apply({"params": p}, bt["inputs"], bt["lengths"])
-        return task_losses(TASKS, out, bt)
-
-    np.testing.assert_array_equal(loss(params, batch), loss(params, noisy))
-    g1 = jax.grad(lambda p: loss(p, batch).sum())(params)
-    g2 = jax.grad(lambda p: loss(p, noisy).sum())(params)
+    fns = _jitted(model)  # one program for both batches: only the padded values differ
+    np.testing.assert_array_equal(fns.losses(params, batch), fns.losses(params, noisy))
+    g1 = fns.loss_grads(params, batch, None)
+    g2 = fns.loss_grads(params, noisy, None)
     jax.tree.map(np.testing.assert_array_equal, g1, g2)
 
 
@@ -138,19 +161,12 @@ def test_task_without_labels_contributes_nothing(model_and_params):
     batch = _batch()
     batch["masks"] = {"a": jnp.zeros((B, L))}
 
-    def loss(p):
-        out = model.apply({"params": p}, batch["inputs"], batch["lengths"])
-        return task_losses(TASKS, out, batch)
-
-    assert float(loss(params)[0]) == 0.0
-    grads = jax.grad(lambda p: loss(p)[0])(params)
+    fns = _jitted(model)
+    assert float(fns.losses(params, batch)[0]) == 0.0
+    grads = fns.loss_grads(params, batch, 0)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
-    stats = accumulate(
-        None,
-        batch_stats(
-            TASKS, model.apply({"params": params}, batch["inputs"], batch["lengths"]), batch
-        ),
-    )
+    stats = accumulate(None, fns.stats(fns.apply(params, batch["inputs"], batch["lengths"]),
+                                       batch))
     metrics = finalize(TASKS, stats)
     assert metrics["a"]["count"] == 0 and np.isnan(metrics["a"]["accuracy"])
 
@@ -179,8 +195,9 @@ def test_macro_f1_hand_computed():
 def test_metrics_match_numpy_on_predictions(model_and_params):
     model, params = model_and_params
     batch = _batch(3)
-    out = model.apply({"params": params}, batch["inputs"], batch["lengths"])
-    metrics = finalize(TASKS, accumulate(None, batch_stats(TASKS, out, batch)))
+    fns = _jitted(model)
+    out = fns.apply(params, batch["inputs"], batch["lengths"])
+    metrics = finalize(TASKS, accumulate(None, fns.stats(out, batch)))
     logits = np.asarray(out["token_classification"][0])[..., :5]
     lengths = np.asarray(batch["lengths"])
     valid = np.arange(L)[None, :] < lengths[:, None]

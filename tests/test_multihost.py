@@ -27,7 +27,9 @@ def _cmd(settings, workdir, *extra):
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Added to the session's XLA_FLAGS (fast-compile flags of conftest.py); the last wins.
+    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={devices}").strip()
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
