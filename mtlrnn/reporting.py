@@ -48,6 +48,16 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+class _HandledTaskErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records. orbax reads a checkpoint
+    in asyncio tasks; when a damaged checkpoint fails to restore, mtlrnn handles the error
+    (moves the checkpoint aside, warns, restores the previous one), but the failed task is
+    garbage-collected later and asyncio would print its traceback on stderr as if unhandled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
 def configure_logging(level: int = logging.INFO, *, force: bool = True) -> None:
     """Show the ``mtlrnn`` logger's records at ``level`` and above on stderr.
 
@@ -63,6 +73,9 @@ def configure_logging(level: int = logging.INFO, *, force: bool = True) -> None:
     LOGGER.addHandler(_StderrHandler())
     LOGGER.setLevel(level)
     LOGGER.propagate = False
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _HandledTaskErrors) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_HandledTaskErrors())
 
 
 class MetricsWriter:
