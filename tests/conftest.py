@@ -8,8 +8,10 @@ benchmark peers, the multi-device scripts):
   program compiled once (the tiny config's train step, say) is loaded from disk the next
   time, in any process (a repeated tiny CLI run: 41 s -> 12 s on 2 loaded cores). A cached
   executable is the compiled one, so results stay bit-identical. The cache lives in a
-  temporary directory of this session, removed at its end; set MTLRNN_TEST_JAX_CACHE_DIR to
-  a directory to keep one across sessions (never the user's own JAX cache), or to "off".
+  temporary directory of this session, removed at its end, and shared by pytest-xdist's
+  workers (``-n auto``, the README's command: the tests are compile-bound, so one process per
+  core); set MTLRNN_TEST_JAX_CACHE_DIR to a directory to keep one across sessions (never the
+  user's own JAX cache), or to "off".
 - XLA:CPU flags that compile 3-7x faster: LLVM at -O0
   (``--xla_backend_optimization_level=0``) and, on jaxlib 0.10, the classic elemental
   emitters instead of the MLIR fusion emitters (``--xla_cpu_use_fusion_emitters=false``).
@@ -50,17 +52,28 @@ if os.environ.get("MTLRNN_TEST_FAST_COMPILE", "1") != "0":
     os.environ["XLA_FLAGS"] = _xla_flags
 
 _KEEP_CACHE = os.environ.get("MTLRNN_TEST_JAX_CACHE_DIR", "")
+# pytest-xdist workers inherit the controller's environment: they share its cache directory
+# and leave its removal to the controller that made it.
+_SESSION_CACHE = os.environ.get("_MTLRNN_TEST_SESSION_JAX_CACHE", "")
+_OWN_CACHE = False
 if _KEEP_CACHE == "off":
     JAX_CACHE_DIR = ""
     os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 else:
-    JAX_CACHE_DIR = _KEEP_CACHE or tempfile.mkdtemp(prefix="mtlrnn-tests-jax-cache-")
+    JAX_CACHE_DIR = _KEEP_CACHE or _SESSION_CACHE
+    if not JAX_CACHE_DIR:
+        JAX_CACHE_DIR = tempfile.mkdtemp(prefix="mtlrnn-tests-jax-cache-")
+        os.environ["_MTLRNN_TEST_SESSION_JAX_CACHE"] = JAX_CACHE_DIR
+        _OWN_CACHE = True
     os.environ["JAX_COMPILATION_CACHE_DIR"] = JAX_CACHE_DIR
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "true"
     # Cache every program: the tests' programs are small; most compile in under a second.
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    # No size limit: with one, every write stats the whole directory (quadratic in the
+    # thousands of entries a session writes). Processes write one directory concurrently; an
+    # entry read while being written fails to decompress and JAX recompiles (with a warning).
 
 if "jax" in sys.modules:  # imported early (by a plugin): its config read the environment
     import jax
@@ -94,8 +107,15 @@ TINY = [
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if JAX_CACHE_DIR and not _KEEP_CACHE:
+    if _OWN_CACHE:
         shutil.rmtree(JAX_CACHE_DIR, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per usable core, at most 8 (each is a JAX process of ~1 GB)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
 
 
 @pytest.fixture

@@ -235,13 +235,15 @@ def test_db_mtl_train_step_gives_heads_the_log_loss_gradient(tiny_config):
     stream = train_batches(suite.splits["train"], tasks, batch_size=8, buckets=(16,), seed=0)
     batch = jax.device_put(next(stream))
     state = create_train_state(model, optimizer, strategy, batch, seed=0)
-    new_state, _ = make_train_step(model, optimizer, strategy, grad_mode="full")(state, batch)
+    new_state, _ = jax.jit(make_train_step(model, optimizer, strategy, grad_mode="full"))(
+        state, batch
+    )
 
     def log_losses(params):
         out = model.apply({"params": params}, batch["inputs"], batch["lengths"])
         return jnp.sum(jnp.log(task_losses(tasks, out, batch) + 1e-8))
 
-    _, want = split_params(model, jax.grad(log_losses)(state.params))
+    _, want = split_params(model, jax.jit(jax.grad(log_losses))(state.params))
     _, before = split_params(model, state.params)
     _, after = split_params(model, new_state.params)
     got = jax.tree.map(lambda b, a: b - a, before, after)
