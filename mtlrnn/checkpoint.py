@@ -328,9 +328,10 @@ class RunCheckpoints:
             self.best_value = meta.get("best_value")
         # Else it ranks another metric or run: the next evaluation replaces it.
 
-    def save(self, state: TrainState) -> None:
-        """Save ``state`` as the latest checkpoint (unless its step is already saved)."""
-        step = int(state.step)
+    def save(self, state: TrainState, step: int | None = None) -> None:
+        """Save ``state`` as the latest checkpoint (unless its step is already saved);
+        ``step``: ``state.step`` when the caller knows it (saves reading it back)."""
+        step = int(state.step) if step is None else step
         if step != self.last_saved:
             self.last_saved = save(self.last, state, self.meta)
 
@@ -342,12 +343,12 @@ class RunCheckpoints:
             return True
         return value > self.best_value if self.best_mode == "max" else value < self.best_value
 
-    def save_best(self, state: TrainState, value: float) -> bool:
+    def save_best(self, state: TrainState, value: float, step: int | None = None) -> bool:
         """Save ``state`` as the best checkpoint if ``value`` improves on it; returns whether."""
         if not self.improves(value):
             return False
         assert self.best is not None
-        step = int(state.step)
+        step = int(state.step) if step is None else step
         # A resumed run replays steps; a best step at or after this one is superseded.
         for old in self.best.all_steps():
             if old >= step:

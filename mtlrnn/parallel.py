@@ -205,6 +205,13 @@ class Placement:
             return multihost_utils.process_allgather(tree, tiled=True)
         return jax.device_get(tree)
 
+    def device_metrics(self, metrics: Any) -> tuple[Any, bool]:
+        """A step's metrics on one device without a host copy, and whether they carry a
+        leading axis of length one (pmap: device 0's rows; the values agree on all devices)."""
+        if self.mode != "pmap":
+            return metrics, False
+        return jax.tree.map(lambda x: x.addressable_shards[0].data, metrics), True
+
     def step_metrics(self, metrics: Any) -> Any:
         """Host copies of a step's metrics (identical on every device in pmap mode)."""
         return jax.device_get(self.unreplicate(metrics))

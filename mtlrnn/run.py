@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import math
 import os
 import signal
-import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -66,6 +68,14 @@ from mtlrnn.train import make_eval_step
 from mtlrnn.train import make_optimizer
 from mtlrnn.train import make_train_step
 from mtlrnn.train import params_sha256
+from mtlrnn.training.hooks import Checkpoints
+from mtlrnn.training.hooks import Evaluate
+from mtlrnn.training.hooks import MetricsLog
+from mtlrnn.training.hooks import StopOnSignal
+from mtlrnn.training.hooks import median_step_ms
+from mtlrnn.training.loop import Hook
+from mtlrnn.training.loop import Loop
+from mtlrnn.training.loop import NonFiniteError
 from mtlrnn.workdir import METRICS_FILE
 from mtlrnn.workdir import RESOLVED_CONFIG
 from mtlrnn.workdir import SUMMARY_FILE
@@ -91,10 +101,6 @@ def resolve_buckets(
         except ValueError as e:
             raise ConfigError(f"data.{e} ({split} split)") from None
     return resolved
-
-
-class NonFiniteError(RuntimeError):
-    """Training stopped on a non-finite loss or gradient (``train.on_nonfinite: stop``)."""
 
 
 def _default_workdir(source: str) -> str:
@@ -500,6 +506,7 @@ def fit(
     *,
     verbose: bool = True,
     overwrite: bool = False,
+    hooks: Sequence[Hook] = (),
 ) -> dict[str, Any]:
     """Train and evaluate one run; returns the summary (also written to summary.json).
 
@@ -547,7 +554,11 @@ def fit(
       workdir: output directory (default: ``runs/synthetic-<timestamp>``).
       verbose: print the description and progress (stderr) and the result table (stdout).
       overwrite: move a run already in ``workdir`` aside instead of continuing it.
+      hooks: the user's :class:`mtlrnn.training.loop.Hook` objects, called after the run's
+        own (metrics log, evaluation, checkpoints) at each step; e.g. a logger of your own, or
+        one that calls ``loop.request_stop(reason)``.
     """
+    user_hooks = list(hooks)
     if verbose:
         configure_logging(force=False)
     cfg = config or default_config()
@@ -681,137 +692,76 @@ def fit(
                 best_mode=cfg.checkpoint.best_mode,
                 warn=_warn,
             )
-        compiled: dict[tuple[int, ...], Any] = {}
-        nonfinite = 0
-        compile_s = 0.0
-        step_times: list[float] = []
-        timed_tokens = 0
-        window: list[tuple[float, int]] = []
-        evals: dict[str, Any] = {}
-
         if verbose and cfg.logging.progress:
             bar = Progress(cfg.train.steps, initial=start)
-
-        stopped_at = None
-        # One iteration: step, log, evaluate (and maybe save the best), save, then stop
-        # if a signal asked to. Records of a step are written before its checkpoint, so a
-        # resume from that checkpoint keeps them.
-        batch = first
-        for step in range(start, cfg.train.steps):
-            if step > 0:
-                batch = next(stream)
-            device_batch = placement.batch(batch)
-            shape = tuple(np.shape(batch["inputs"]))
-            if shape not in compiled:
-                if bar is not None:
-                    bar.compiling(shape)
-                t0 = time.perf_counter()
-                compiled[shape] = step_jit.lower(state, device_batch).compile()
-                compile_s += time.perf_counter() - t0
-                if bar is not None:
-                    bar.compiled(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            state, metrics = compiled[shape](state, device_batch)
-            metrics = placement.step_metrics(metrics)
-            elapsed = time.perf_counter() - t0
-            if int(metrics["nonfinite"]):
-                # The step left params, optimizer and weighting state unchanged.
-                nonfinite += 1
-                bad = [t.name for t, ok in zip(tasks, metrics["finite_losses"], strict=True)
-                       if not ok]
-                what = f"loss of task(s) {', '.join(bad)}" if bad else "gradient"
-                writer.write({"step": step + 1, "nonfinite": what, "skipped_steps": nonfinite})
-                if cfg.train.on_nonfinite == "stop":
-                    if ckpts is not None:
-                        ckpts.save(placement.unreplicate(state))
-                        ckpts.wait()
-                    raise NonFiniteError(
-                        f"train.on_nonfinite=stop: non-finite {what} at step {step + 1}; the "
-                        "update was not applied"
-                        + ("; the last good state is saved" if ckpts is not None else "")
-                        + " (set train.on_nonfinite=skip to skip such steps)"
-                    )
-                _warn(f"step {step + 1}: non-finite {what}; update skipped "
-                      f"({nonfinite} so far)")
-            tokens = int(metrics["tokens"])
-            step_times.append(elapsed)
-            timed_tokens += tokens
-            window.append((elapsed, tokens))
-
-            done = step + 1
-            shown = None
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                seconds = sum(w[0] for w in window)
-                record = {
-                    "step": done,
-                    "loss": float(metrics["loss"]),
-                    "losses": _task_dict(tasks, metrics["losses"]),
-                    "weights": _task_dict(tasks, metrics["weights"]),
-                    "lr": float(metrics["lr"]),
-                    "grad_norm": float(metrics["grad_norm"]),
-                    "tokens_per_s": sum(w[1] for w in window) / max(seconds, 1e-9),
-                    "step_time_ms": 1e3 * statistics.median(w[0] for w in window),
-                }
-                writer.write(record)
-                window = []
-                shown = {
-                    "loss": f"{record['loss']:.4f}",
-                    "tok/s": f"{record['tokens_per_s']:.0f}",
-                }
-            if bar is not None:
-                bar.update(elapsed, log=shown)
-            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
-                evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
-                writer.write({"step": done, "eval": _flat_eval(evals)})
-                _save_if_best(ckpts, cfg, evals, placement.unreplicate(state))
-            every = cfg.checkpoint.every
-            if ckpts is not None and (done == cfg.train.steps or (every and done % every == 0)):
-                ckpts.save(placement.unreplicate(state))
-            if fault is not None and done == fault.step:
-                fault.fire(ckpts)
-            if stop.signal is not None:
-                stopped_at = done
-                if ckpts is not None:
-                    ckpts.save(placement.unreplicate(state))
-                break
+        hooks = _run_hooks(
+            cfg, writer, bar, ckpts, placement, stop, fault,
+            evaluate=lambda st: _flat_eval(
+                _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, st, placement)
+            ),
+        )
+        batches = itertools.chain([first], stream) if start == 0 else stream
+        loop = Loop(
+            step_jit,
+            state,
+            batches,
+            place=placement.batch,
+            device_metrics=placement.device_metrics,
+            task_names=[t.name for t in tasks],
+            start=start,
+            total=cfg.train.steps,
+            log_every=cfg.train.log_every,
+            on_nonfinite=cfg.train.on_nonfinite,
+            hooks=[*hooks[:-1], *user_hooks, hooks[-1]],
+            on_compile=_compile_notice(bar),
+        )
+        try:
+            ended = loop.run()
+        except NonFiniteError as e:
+            if ckpts is not None:
+                ckpts.wait()
+            saved = "; the last good state is saved" if ckpts is not None else ""
+            raise NonFiniteError(
+                f"{e}{saved} (set train.on_nonfinite=skip to skip such steps)"
+            ) from None
+        state = loop.state
         if bar is not None:
             bar.close()
         if ckpts is not None:
             ckpts.wait()
 
-        if stopped_at is not None:
+        if ended != "completed":
             saved = (
                 "checkpoint saved; rerun the same command to resume"
                 if ckpts is not None
                 else "checkpoints are disabled (checkpoint.enabled=false), nothing saved"
             )
-            _info(f"stopped by {stop.signal} at step {stopped_at}; {saved}")
+            _info(f"stopped by {ended} at step {loop.step}; {saved}")
             return {
                 "interrupted": True,
-                "signal": stop.signal,
-                "step": stopped_at,
+                "signal": ended,
+                "step": loop.step,
                 "workdir": workdir,
             }
 
         evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
         writer.write({"step": cfg.train.steps, "eval": _flat_eval(evals)})
-        _save_if_best(ckpts, cfg, evals, placement.unreplicate(state))
+        _save_if_best(ckpts, cfg, _flat_eval(evals), state, cfg.train.steps)
         if ckpts is not None:
             ckpts.wait()  # summary.json only ever describes checkpoints on disk
 
-        seconds = sum(step_times)
+        seconds = loop.seconds
         summary = {
             "eval": {split: res["metrics"] for split, res in evals.items()},
             "eval_loss": {split: res["loss"] for split, res in evals.items()},
             "bayes": {s: suite.bayes.get(s, {}) for s in cfg.train.eval_splits},
-            # Over the steps this process ran (none when only the final evaluation was left).
+            # Over the steps this process ran (none when only the final evaluation was left):
+            # wall time between log steps, compilation and hooks excluded.
             "throughput": {
-                "tokens_per_second": timed_tokens / seconds if seconds else math.nan,
-                "step_time_ms_median": (
-                    1e3 * statistics.median(step_times) if step_times else math.nan
-                ),
-                "compile_s": compile_s,
-                "compiled_shapes": len(compiled),
+                "tokens_per_second": loop.tokens / seconds if seconds else math.nan,
+                "step_time_ms_median": median_step_ms(loop),
+                "compile_s": loop.compile_s,
+                "compiled_shapes": len(loop.compiled),
             },
             "params_sha256": params_sha256(placement.host(state.params)),
             "run": {
@@ -823,7 +773,7 @@ def fit(
                 "devices": placement.num_devices,
                 "processes": jax.process_count(),
                 "parallel": placement.mode,
-                "skipped_steps": nonfinite,
+                "skipped_steps": loop.nonfinite,
                 "platform": jax.devices()[0].platform,
                 "device_kind": jax.devices()[0].device_kind,
                 "jax_version": jax.__version__,
@@ -852,11 +802,70 @@ def fit(
 def _save_if_best(
     ckpts: checkpoint.RunCheckpoints | None,
     cfg: Config,
-    evals: Mapping[str, Any],
+    flat: Mapping[str, float],
     state: TrainState,
+    step: int,
 ) -> None:
     if ckpts is not None and cfg.checkpoint.best_metric:
-        ckpts.save_best(state, _flat_eval(evals).get(cfg.checkpoint.best_metric))
+        ckpts.save_best(state, flat.get(cfg.checkpoint.best_metric), step=step)
+
+
+def _run_hooks(
+    cfg: Config,
+    writer: MetricsWriter,
+    bar: Progress | None,
+    ckpts: checkpoint.RunCheckpoints | None,
+    placement: Placement,
+    stop: _StopRequest,
+    fault: _Fault | None,
+    *,
+    evaluate: Callable[[Any], Mapping[str, float]],
+) -> list[Hook]:
+    """The hooks of a run, in order; the last one (the stop on a signal) goes after the
+    user's hooks."""
+    hooks: list[Hook] = [
+        MetricsLog(writer, bar, warn=_warn),
+        Evaluate(
+            cfg.train.eval_every,
+            evaluate,
+            writer,
+            after=lambda st, flat, step: _save_if_best(
+                ckpts, cfg, flat, placement.unreplicate(st), step
+            ),
+        ),
+    ]
+    if ckpts is not None:
+        hooks.append(
+            Checkpoints(
+                lambda st, step: ckpts.save(placement.unreplicate(st), step=step),
+                cfg.checkpoint.every,
+            )
+        )
+    if fault is not None:
+        hooks.append(_FaultHook(fault, ckpts))
+    hooks.append(StopOnSignal(lambda: stop.signal))
+    return hooks
+
+
+class _FaultHook(Hook):
+    def __init__(self, fault: _Fault, ckpts: checkpoint.RunCheckpoints | None) -> None:
+        self.fault, self.ckpts = fault, ckpts
+
+    def on_step(self, loop: Loop) -> None:
+        if loop.step == self.fault.step:
+            self.fault.fire(self.ckpts)
+
+
+def _compile_notice(bar: Progress | None) -> Callable[[tuple[int, ...], float | None], None]:
+    def notice(shape: tuple[int, ...], seconds: float | None) -> None:
+        if bar is None:
+            return
+        if seconds is None:
+            bar.compiling(shape)
+        else:
+            bar.compiled(seconds)
+
+    return notice
 
 
 def _evaluate_splits(

@@ -52,8 +52,9 @@ def test_nan_label_skips_the_update_and_names_the_task(tiny_overrides, name, mod
     assert np.all(np.isfinite(np.asarray(m["losses"])))
 
 
-def _poison(monkeypatch, at: int) -> None:
-    """Make batch ``at`` of every training stream carry NaN ``seq_value`` labels."""
+def _poison(monkeypatch, at: int | tuple[int, ...]) -> None:
+    """Make batch(es) ``at`` of every training stream carry NaN ``seq_value`` labels."""
+    at = (at,) if isinstance(at, int) else at
     import mtlrnn.run as run_module
 
     real = run_module.train_batches
@@ -61,7 +62,7 @@ def _poison(monkeypatch, at: int) -> None:
     def poisoned(*args, **kwargs):
         start = kwargs.get("start_step", 0)
         for i, batch in enumerate(real(*args, **kwargs), start=start):
-            if i == at:
+            if i in at:
                 labels = dict(batch["labels"])
                 labels["seq_value"] = np.full_like(labels["seq_value"], np.nan)
                 batch = {**batch, "labels": labels}
@@ -101,3 +102,38 @@ def test_cli_stop_saves_last_good_state_and_exits_3(tiny_overrides, tmp_path, mo
     saved = sorted(int(p.name) for p in (tmp_path / "wd" / "checkpoints").iterdir()
                    if p.name.isdigit())
     assert saved[-1] == 4  # params of step 3 (the update of step 4 was not applied)
+
+
+def test_fit_skip_between_log_steps_names_the_first_bad_step(tiny_overrides, tmp_path,
+                                                              monkeypatch, capsys):
+    # The loop reads the device only at log steps: two bad steps (2 and 4) inside one window
+    # of 5 give one record naming the first, and both are counted.
+    from mtlrnn.run import fit
+
+    _poison(monkeypatch, at=(1, 3))
+    cfg = load_config(
+        None, [*tiny_overrides, "train.on_nonfinite=skip", "train.log_every=5", "train.steps=10"]
+    )
+    summary = fit(cfg, tmp_path / "wd", verbose=False)
+    assert summary["run"]["skipped_steps"] == 2
+    records = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    bad = [r for r in records if "nonfinite" in r]
+    assert bad == [{"step": 2, "nonfinite": "loss of task(s) seq_value", "skipped_steps": 2}]
+    assert [r["step"] for r in records if "loss" in r] == [5, 10]
+    assert "step 2: non-finite loss of task(s) seq_value and 1 more step(s) up to step 5" in (
+        capsys.readouterr().err
+    )
+
+
+def test_fit_stop_at_the_log_step_keeps_the_good_steps_after_the_bad_one(tiny_overrides,
+                                                                         tmp_path, monkeypatch):
+    from mtlrnn.run import NonFiniteError
+    from mtlrnn.run import fit
+
+    _poison(monkeypatch, at=1)
+    cfg = load_config(None, [*tiny_overrides, "train.log_every=4", "train.steps=8"])
+    with pytest.raises(NonFiniteError, match="at step 2; the update was not applied; the last"):
+        fit(cfg, tmp_path / "wd", verbose=False)
+    saved = sorted(int(p.name) for p in (tmp_path / "wd" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert saved[-1] == 4  # steps 3 and 4 were good and are kept

@@ -1,0 +1,145 @@
+"""The hooks of ``mtlrnn train``: metrics log and progress, evaluation, checkpoints, signals.
+
+Each is a :class:`~mtlrnn.training.loop.Hook`; :func:`mtlrnn.run.fit` builds them from the
+config, in this order: metrics log, evaluation (and best checkpoint), periodic checkpoints,
+the user's hooks, then the stop on a signal. They read device values only at the steps where
+they act (log steps, evaluation steps, checkpoint steps).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
+from mtlrnn.training.loop import Hook
+from mtlrnn.training.loop import Loop
+from mtlrnn.training.window import Window
+
+
+def _task_dict(names: tuple[str, ...], values: Any) -> dict[str, float]:
+    return {name: float(v) for name, v in zip(names, values, strict=True)}
+
+
+class MetricsLog(Hook):
+    """One record per log step in ``writer`` (metrics.jsonl, TensorBoard), progress, and the
+    skipped (non-finite) steps: a record ``{"step": first, "nonfinite": what,
+    "skipped_steps": total}`` per window that had any, and a warning under ``skip``.
+
+    Args:
+      writer: has ``write(record)``.
+      progress: a :class:`mtlrnn.progress.Progress` (or None).
+      warn: prints a warning line.
+    """
+
+    def __init__(self, writer: Any, progress: Any = None, warn: Callable[[str], None] = print):
+        self.writer, self.progress, self.warn = writer, progress, warn
+        self._shown: dict[str, str] | None = None
+        self._step_s = 0.0
+
+    def on_log(self, loop: Loop, window: Window) -> None:
+        if window.nonfinite:
+            what = window.nonfinite_what()
+            first = window.first_bad_step
+            self.writer.write(
+                {"step": first, "nonfinite": what, "skipped_steps": loop.nonfinite}
+            )
+            if loop.on_nonfinite == "skip":
+                more = (
+                    f" and {window.nonfinite - 1} more step(s) up to step {loop.step}"
+                    if window.nonfinite > 1
+                    else ""
+                )
+                self.warn(
+                    f"step {first}: non-finite {what}{more}; update skipped "
+                    f"({loop.nonfinite} so far)"
+                )
+        steps, tokens, seconds = loop.windows[-1]
+        self._step_s = seconds / max(steps, 1)
+        last = window.last
+        record = {
+            "step": loop.step,
+            "loss": float(last["loss"]),
+            "losses": _task_dict(loop.task_names, last["losses"]),
+            "weights": _task_dict(loop.task_names, last["weights"]),
+            "lr": float(last["lr"]),
+            "grad_norm": float(last["grad_norm"]),
+            "tokens_per_s": tokens / max(seconds, 1e-9),
+            "step_time_ms": 1e3 * self._step_s,
+        }
+        self.writer.write(record)
+        self._shown = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+
+    def on_step(self, loop: Loop) -> None:
+        if self.progress is not None:
+            self.progress.update(self._step_s, log=self._shown)
+        self._shown = None
+
+    def on_end(self, loop: Loop) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+
+class Evaluate(Hook):
+    """Every ``every`` steps (not at the last step: the run evaluates after the loop), call
+    ``evaluate(state) -> flat metrics`` and write ``{"step": n, "eval": metrics}``; then
+    ``after(state, metrics, step)`` (e.g. save the best checkpoint)."""
+
+    def __init__(
+        self,
+        every: int,
+        evaluate: Callable[[Any], Mapping[str, float]],
+        writer: Any,
+        after: Callable[[Any, Mapping[str, float], int], None] | None = None,
+    ) -> None:
+        self.every, self.evaluate, self.writer, self.after = every, evaluate, writer, after
+
+    def on_step(self, loop: Loop) -> None:
+        if not self.every or loop.step % self.every or loop.step >= loop.total:
+            return
+        flat = self.evaluate(loop.state)
+        self.writer.write({"step": loop.step, "eval": dict(flat)})
+        if self.after is not None:
+            self.after(loop.state, flat, loop.step)
+
+
+class Checkpoints(Hook):
+    """``save(state, step)`` every ``every`` steps, at the last step, and when the loop ends
+    early (a signal, a non-finite stop): the state saved is always one that every applied
+    update produced (a non-finite step never changes it)."""
+
+    def __init__(self, save: Callable[[Any, int], None], every: int) -> None:
+        self.save, self.every = save, every
+        self.saved: int | None = None
+
+    def _save(self, loop: Loop) -> None:
+        if self.saved != loop.step:
+            self.save(loop.state, loop.step)
+            self.saved = loop.step
+
+    def on_step(self, loop: Loop) -> None:
+        if loop.step == loop.total or (self.every and loop.step % self.every == 0):
+            self._save(loop)
+
+    def on_end(self, loop: Loop) -> None:
+        if loop.step > loop.start:
+            self._save(loop)
+
+
+class StopOnSignal(Hook):
+    """Stop the loop once ``signal()`` names a signal (checked after each step)."""
+
+    def __init__(self, signal: Callable[[], str | None]) -> None:
+        self.signal = signal
+
+    def on_step(self, loop: Loop) -> None:
+        name = self.signal()
+        if name is not None:
+            loop.request_stop(name)
+
+
+def median_step_ms(loop: Loop) -> float:
+    """The median over log windows of the mean step time, in ms (nan before any window)."""
+    per_step = [seconds / steps for steps, _, seconds in loop.windows if steps]
+    return 1e3 * statistics.median(per_step) if per_step else float("nan")

@@ -1,0 +1,206 @@
+"""The training loop: run the compiled step over a batch stream and call hooks.
+
+The loop dispatches steps and never reads a device value on the host between log steps: a
+step's metrics are folded into a device-side window (:mod:`mtlrnn.training.window`) that is
+read once per log step, so on an accelerator the host runs ahead and the device queue stays
+full. Everything else -- metrics files, progress, evaluation, checkpoints, signals, a user's
+own logging -- is a :class:`Hook`.
+
+Non-finite steps (a NaN/inf loss or gradient) never update the state (the step skips them
+itself); the loop learns of them at the next log step, from the window: with
+``on_nonfinite="stop"`` it stops there and raises :class:`NonFiniteError` naming the first
+bad step and its tasks, after the hooks' ``on_end`` (so the checkpoint hook saves the last
+good state, which is the current one).
+
+Timing: a window's seconds are the wall time between two log steps (the loop waits for the
+device only there) minus compilation and the time spent in hooks, so ``tokens / seconds`` is
+the throughput a user lives, data preparation and dispatch included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mtlrnn.training import window as windows
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped on a non-finite loss or gradient (``train.on_nonfinite: stop``)."""
+
+
+class Hook:
+    """One part of a training run that reacts to the loop; override what you need.
+
+    The loop calls its hooks in list order: :meth:`on_start` before the first step,
+    :meth:`on_log` at each log step with the window read back on the host, :meth:`on_step`
+    after every step, :meth:`on_end` once when the loop ends normally (last step, a
+    :meth:`Loop.request_stop`, or a non-finite stop; not when a hook raised). ``loop.step``
+    is the number of steps done, ``loop.state`` the current (device) train state. A hook
+    that reads device values (``loop.state``) should do so only at the steps where it acts:
+    every read waits for the device.
+    """
+
+    def on_start(self, loop: Loop) -> None:
+        """Before the first step."""
+
+    def on_log(self, loop: Loop, window: windows.Window) -> None:
+        """At a log step: ``window`` holds the steps since the previous log step."""
+
+    def on_step(self, loop: Loop) -> None:
+        """After each step (``loop.step`` steps done)."""
+
+    def on_end(self, loop: Loop) -> None:
+        """After the loop's last step, or after a stop."""
+
+
+class Loop:
+    """Steps ``start + 1 .. total`` of one run.
+
+    Args:
+      step_fn: the (jitted or pmapped) train step ``(state, batch) -> (state, metrics)``;
+        it is compiled ahead of time once per batch shape (each compilation timed).
+      state: the placed train state at step ``start``.
+      batches: host batches for steps ``start + 1, start + 2, ...``.
+      place: moves a host batch to the device(s).
+      device_metrics: a step's metrics as ``(tree, lead)`` on one device (see
+        :meth:`mtlrnn.parallel.Placement.device_metrics`).
+      task_names: the tasks, in the order of the step's ``[K]`` metrics.
+      start, total: steps already done, and the last step.
+      log_every: a log step every ``log_every`` steps (and at the last step).
+      on_nonfinite: ``"skip"`` (count and go on) or ``"stop"``.
+      hooks: called in order (see :class:`Hook`).
+      on_compile: ``(shape, seconds)`` before (``seconds`` None) and after each compilation.
+    """
+
+    def __init__(
+        self,
+        step_fn: Any,
+        state: Any,
+        batches: Iterator[Mapping[str, Any]],
+        *,
+        place: Callable[[Mapping[str, Any]], Any],
+        device_metrics: Callable[[Any], tuple[Any, bool]],
+        task_names: Sequence[str],
+        start: int,
+        total: int,
+        log_every: int,
+        on_nonfinite: str = "skip",
+        hooks: Sequence[Hook] = (),
+        on_compile: Callable[[tuple[int, ...], float | None], None] | None = None,
+    ) -> None:
+        if on_nonfinite not in ("skip", "stop"):
+            raise ValueError(f"on_nonfinite: must be skip or stop; got {on_nonfinite!r}")
+        self.step_fn, self.state, self.batches = step_fn, state, batches
+        self.place, self.device_metrics = place, device_metrics
+        self.task_names = tuple(task_names)
+        self.step, self.start, self.total = start, start, total
+        self.log_every, self.on_nonfinite = log_every, on_nonfinite
+        self.hooks = list(hooks)
+        self.on_compile = on_compile
+        self.stop_reason: str | None = None
+        self.compiled: dict[tuple[int, ...], Any] = {}
+        self.compile_s = 0.0
+        self.nonfinite = 0  # skipped steps so far (as of the last log step)
+        self.windows: list[tuple[int, int, float]] = []  # (steps, tokens, seconds) each
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step's hooks (``on_end`` still runs)."""
+        self.stop_reason = reason
+
+    @property
+    def tokens(self) -> int:
+        """Tokens trained on so far (as of the last log step)."""
+        return sum(w[1] for w in self.windows)
+
+    @property
+    def seconds(self) -> float:
+        """Timed seconds so far (as of the last log step; see the module docstring)."""
+        return sum(w[2] for w in self.windows)
+
+    def _compiled_for(self, batch: Mapping[str, Any], device_batch: Any) -> Any:
+        shape = tuple(np.shape(batch["inputs"]))
+        if shape not in self.compiled:
+            if self.on_compile is not None:
+                self.on_compile(shape, None)
+            t0 = time.perf_counter()
+            self.compiled[shape] = self.step_fn.lower(self.state, device_batch).compile()
+            seconds = time.perf_counter() - t0
+            self.compile_s += seconds
+            self._excluded += seconds
+            if self.on_compile is not None:
+                self.on_compile(shape, seconds)
+        return self.compiled[shape]
+
+    def _log(self, acc: Any) -> NonFiniteError | None:
+        """Close the window (this waits for the device), call ``on_log``; the failure to
+        raise under ``on_nonfinite="stop"``, if any."""
+        window = windows.read(acc, self.task_names)
+        seconds = time.perf_counter() - self._window_t0 - self._excluded
+        self.windows.append((window.steps, window.tokens, max(seconds, 0.0)))
+        self.nonfinite += window.nonfinite
+        self._excluded = 0.0
+        for hook in self.hooks:
+            self._timed(lambda hook=hook: hook.on_log(self, window))
+        self._window_t0 = time.perf_counter()
+        if window.nonfinite and self.on_nonfinite == "stop":
+            return NonFiniteError(
+                f"train.on_nonfinite=stop: non-finite {window.nonfinite_what()} at step "
+                f"{window.first_bad_step}; the update was not applied"
+            )
+        return None
+
+    def _timed(self, fn: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        fn()
+        self._excluded += time.perf_counter() - t0
+
+    def run(self) -> str:
+        """Train; returns why it ended: ``"completed"`` or the stop reason.
+
+        Raises:
+          NonFiniteError: ``on_nonfinite="stop"`` and a step in the last window was not
+            finite (after the hooks' ``on_end``).
+        """
+        self._excluded = 0.0
+        for hook in self.hooks:
+            self._timed(lambda hook=hook: hook.on_start(self))
+        acc = windows.init(len(self.task_names))
+        self._window_t0 = time.perf_counter()
+        failure: NonFiniteError | None = None
+        logged = True
+        for batch in self.batches:
+            if self.step >= self.total:
+                break
+            device_batch = self.place(batch)
+            compiled = self._compiled_for(batch, device_batch)
+            self.state, metrics = compiled(self.state, device_batch)
+            self.step += 1
+            tree, lead = self.device_metrics(metrics)
+            acc = windows.fold(acc, tree, np.int32(self.step), lead)
+            logged = self.step % self.log_every == 0 or self.step == self.total
+            if logged:
+                failure = self._log(acc)
+                acc = windows.init(len(self.task_names))
+                if failure is not None:
+                    self.stop_reason = "nonfinite"
+                    break
+            for hook in self.hooks:
+                self._timed(lambda hook=hook: hook.on_step(self))
+            if self.stop_reason is not None:
+                break
+        if not logged:  # stopped between log steps: the partial window is logged too
+            failure = self._log(acc)
+            if failure is not None:
+                self.stop_reason = "nonfinite"
+        for hook in self.hooks:
+            hook.on_end(self)
+        if failure is not None:
+            raise failure
+        return self.stop_reason or "completed"

@@ -1,0 +1,135 @@
+"""The training loop: no host reads between log steps, the device-side window, user hooks."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtlrnn.config import apply_overrides
+from mtlrnn.run import fit
+from mtlrnn.training import window as windows
+from mtlrnn.training.loop import Hook
+
+
+class _HostReads:
+    """Counts reads of device values on the host (``float(x)``, ``int(x)``, ``device_get``,
+    ``x.tolist()``...: everything that goes through ``jax.Array._value``). On a CPU,
+    ``jax.transfer_guard_device_to_host`` sees nothing (the device is the host's memory), so
+    the test counts at the one place every such read passes. ``np.asarray(x)`` is not seen."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        array_type = type(jnp.zeros(()))
+        original = array_type._value
+
+        def counted(array):
+            self.count += 1
+            return original.fget(array)
+
+        monkeypatch.setattr(array_type, "_value", property(counted))
+
+
+class _Record(Hook):
+    def __init__(self, reads: _HostReads) -> None:
+        self.reads = reads
+        self.at_step: list[tuple[int, int]] = []
+        self.logged: list[int] = []
+
+    def on_step(self, loop):
+        self.at_step.append((loop.step, self.reads.count))
+
+    def on_log(self, loop, window):
+        self.logged.append(loop.step)
+
+
+def test_no_host_read_between_log_steps(tiny_config, tmp_path, monkeypatch):
+    cfg = apply_overrides(
+        tiny_config, ["train.steps=12", "train.log_every=4", "checkpoint.enabled=false"]
+    )
+    reads = _HostReads(monkeypatch)
+    hook = _Record(reads)
+    fit(cfg, tmp_path / "w", verbose=False, hooks=[hook])
+    assert hook.logged == [4, 8, 12]
+    steps = [s for s, _ in hook.at_step]
+    assert steps == list(range(1, 13))
+    for (_, before), (step, after) in zip(hook.at_step, hook.at_step[1:], strict=False):
+        if step % 4:  # not a log step: the loop only dispatched work
+            assert after == before, f"{after - before} host read(s) before step {step}"
+    # The spy sees the reads that do happen (the window read at each log step).
+    log_reads = [after - before for (_, before), (s, after) in
+                 zip(hook.at_step, hook.at_step[1:], strict=False) if s % 4 == 0]
+    assert all(n > 0 for n in log_reads), log_reads
+
+
+class _StopAt(Hook):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, loop):
+        if loop.step == self.step:
+            loop.request_stop("enough")
+
+
+def test_a_user_hook_stops_the_run_with_a_checkpoint_and_the_rerun_resumes(tiny_config,
+                                                                         tmp_path):
+    cfg = apply_overrides(tiny_config, ["train.steps=6", "checkpoint.every=0"])
+    out = fit(cfg, tmp_path / "w", verbose=False, hooks=[_StopAt(3)])
+    assert out == {"interrupted": True, "signal": "enough", "step": 3,
+                   "workdir": str(tmp_path / "w")}
+    assert (tmp_path / "w" / "checkpoints" / "3").is_dir()
+    records = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3]  # the partial window is logged too
+    resumed = fit(cfg, tmp_path / "w", verbose=False)
+    whole = fit(cfg, tmp_path / "whole", verbose=False)
+    assert resumed["run"]["resumed_from_step"] == 3
+    assert resumed["params_sha256"] == whole["params_sha256"]
+
+
+def _reference_window(steps: list[dict], task_names):
+    """The window of ``steps`` computed on the host, step by step."""
+    bad = [i for i, m in enumerate(steps) if m["nonfinite"]]
+    last = steps[-1]
+    return {
+        "steps": len(steps),
+        "tokens": sum(int(m["tokens"]) for m in steps),
+        "nonfinite": len(bad),
+        "first_bad_step": bad[0] + 1 if bad else None,
+        "bad_tasks": tuple(n for n, ok in zip(task_names, steps[bad[0]]["finite_losses"],
+                                             strict=True) if not ok) if bad else (),
+        "loss": last["loss"],
+        "losses": last["losses"],
+    }
+
+
+def test_window_fold_equals_the_host_reference():
+    names = ("a", "b", "c")
+    rng = np.random.default_rng(0)
+    steps = []
+    for i in range(7):
+        finite = rng.random(3) > 0.3 if i in (2, 5) else np.ones(3, bool)
+        steps.append({
+            "loss": np.float32(rng.random()),
+            "losses": rng.random(3).astype(np.float32),
+            "weights": rng.random(3).astype(np.float32),
+            "lr": np.float32(0.1),
+            "grad_norm": np.float32(rng.random()),
+            "tokens": np.int32(rng.integers(1, 100)),
+            "nonfinite": np.int32(0 if finite.all() and i not in (2, 5) else 1),
+            "finite_losses": finite,
+        })
+    acc = windows.init(3)
+    for i, m in enumerate(steps):
+        acc = windows.fold(acc, jax.device_put(m), np.int32(i + 1))
+    got = windows.read(acc, names)
+    want = _reference_window(steps, names)
+    assert (got.steps, got.tokens, got.nonfinite) == (want["steps"], want["tokens"],
+                                                      want["nonfinite"])
+    assert got.first_bad_step == want["first_bad_step"] == 3
+    assert got.bad_tasks == want["bad_tasks"]
+    np.testing.assert_allclose(got.last["loss"], want["loss"])
+    np.testing.assert_allclose(got.last["losses"], want["losses"])
+    empty = windows.read(windows.init(3), names)
+    assert empty.first_bad_step is None and empty.bad_tasks == () and empty.nonfinite == 0
