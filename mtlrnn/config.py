@@ -409,7 +409,14 @@ class TrainConfig:
     on_nonfinite: Literal["skip", "stop"] = _opt(
         "stop",
         "a NaN/inf loss or gradient leaves the state unchanged; then skip (count it and go "
-        "on) or stop (save the last good state, exit non-zero naming the task and step)",
+        "on) or stop (at the next log step: save the last good state, exit non-zero naming "
+        "the first bad step and its tasks)",
+    )
+    compile_cache: bool | str = _opt(
+        "auto",
+        "JAX's persistent compilation cache, so reruns and comparison runs load the compiled "
+        "step instead of compiling it: auto or on ($XDG_CACHE_HOME/mtlrnn/jax or "
+        "~/.cache/mtlrnn/jax), a directory, or off",
     )
 
     def __post_init__(self) -> None:

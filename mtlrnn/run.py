@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtlrnn import checkpoint
+from mtlrnn import compile_cache
 from mtlrnn.config import Config
 from mtlrnn.config import ConfigError
 from mtlrnn.config import default_config
@@ -158,6 +159,7 @@ RESUMABLE_KEYS = (
     "train.eval_splits",
     "train.eval_batch_size",
     "train.on_nonfinite",
+    "train.compile_cache",
     # How the trunk is computed, not what it computes (same math up to float rounding).
     "model.impl",
     "model.scan",
@@ -577,6 +579,13 @@ def fit(
     wall0 = time.perf_counter()
 
     # Everything that can fail on user input happens before any compilation.
+    try:
+        compile_cache.enable(cfg.train.compile_cache)
+    except OSError as e:
+        raise ConfigError(
+            f"train.compile_cache: cannot use {cfg.train.compile_cache!r} ({e.strerror}); "
+            "give a writable directory, or off"
+        ) from None
     suite = load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     strategy = build_strategy(cfg.weighting, tasks)
