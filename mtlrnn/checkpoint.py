@@ -269,6 +269,34 @@ def restore_latest_good(
         mngr.close()
 
 
+def restore_step(
+    directory: str | os.PathLike, target: TrainState, step: int
+) -> tuple[TrainState, dict[str, Any]]:
+    """The checkpoint of ``step`` in ``directory``: ``(state, meta)``; read-only.
+
+    Raises:
+      KeyError: no finished checkpoint of that step (the message lists the steps there).
+      RuntimeError: it exists but cannot be restored.
+    """
+    directory = os.path.abspath(directory)
+    steps = manager(directory, create=False).all_steps() if os.path.isdir(directory) else []
+    if step not in steps:
+        have = ", ".join(map(str, sorted(steps))) or "none"
+        raise KeyError(f"no checkpoint of step {step} in {directory} (steps there: {have})")
+    _ignore_closed_loop_callbacks()
+    mngr = manager(directory, create=False)
+    try:
+        meta = read_meta(mngr, step)
+        return restore(mngr, target, step=step), meta
+    except Exception as e:  # any failed restore: a damaged checkpoint
+        raise RuntimeError(
+            f"checkpoint {os.path.join(directory, str(step))} cannot be restored "
+            f"({_one_line(e)})"
+        ) from None
+    finally:
+        mngr.close()
+
+
 class RunCheckpoints:
     """The checkpoints of one training run: the last ``keep`` steps under ``directory`` and,
     with ``best_metric``, the best step by that metric under ``directory/best``.

@@ -36,6 +36,12 @@ def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+CHECKPOINT_HELP = (
+    "which checkpoint: latest (default; the newest good one), best (kept with "
+    "checkpoint.best_metric) or a step number"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlrnn", description="Train multi-task recurrent networks in JAX."
@@ -65,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress or description; print the result as JSON (notices still on stderr)",
     )
-    ev = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint of a run (the latest by default)")
     ev.add_argument("--workdir", required=True, help="the run's directory")
+    ev.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--quiet", action="store_true", help="print only the JSON result")
     cmp = sub.add_parser(
@@ -98,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--input", required=True, help="CoNLL-U (or column) file to tag")
     pred.add_argument("--output", required=True, help="where to write the tagged file")
     pred.add_argument("--batch-size", type=int, default=0, help="sentences per batch")
+    pred.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
     pred.add_argument("--quiet", action="store_true", help="no summary line")
     return parser
 
@@ -202,13 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.output,
                 batch_size=args.batch_size,
                 verbose=not args.quiet,
+                checkpoint=args.checkpoint,
             )
         else:
             cpu_tuning.apply()
             from mtlrnn.run import evaluate
 
             as_json = args.json or args.quiet
-            result = evaluate(args.workdir, verbose=not as_json)
+            result = evaluate(args.workdir, verbose=not as_json, checkpoint=args.checkpoint)
             if as_json:
                 print(json.dumps(json_safe(result), sort_keys=True))
     except RuntimeError as e:

@@ -68,6 +68,7 @@ from mtlrnn.reporting import LOGGER
 from mtlrnn.run import VOCAB_FILE
 from mtlrnn.run import load_run
 from mtlrnn.run import model_for
+from mtlrnn.run import parse_checkpoint
 from mtlrnn.run import restore_state
 from mtlrnn.sources import Data
 from mtlrnn.tasks import TaskSpec
@@ -313,8 +314,10 @@ def predict(
     *,
     batch_size: int = 0,
     verbose: bool = True,
+    checkpoint: str | int = "latest",
 ) -> dict[str, Any]:
-    """Tag ``input_path`` with the run in ``workdir`` and write ``output_path``.
+    """Tag ``input_path`` with the run in ``workdir`` (its ``checkpoint``: ``latest``,
+    ``best`` or a step) and write ``output_path``.
 
     Returns ``{"sentences": n, "words": n, "tasks": [...], "output": path}``. Raises
     ConfigError for a workdir that is not a finished text run or an unusable ``--output``
@@ -322,6 +325,7 @@ def predict(
     ValueError (file:line) for malformed input.
     """
     workdir, input_path, output_path = map(os.fspath, (workdir, input_path, output_path))
+    which = parse_checkpoint(checkpoint)
     if not os.path.isfile(input_path):
         raise ConfigError(f"--input: no such file: {input_path}")
     _check_output(input_path, output_path)
@@ -349,7 +353,7 @@ def predict(
         char_vocab_size=0 if chars is None else len(chars),
     )
     model = model_for(cfg, tasks, data)
-    state = restore_state(workdir, cfg, model, data)
+    state = restore_state(workdir, cfg, model, data, which)
     longest = int(dataset.lengths.max())
     buckets = tuple(b for b in cfg.data.buckets if b < longest) + (-(-longest // 8) * 8,)
     ids = predict_labels(

@@ -933,11 +933,28 @@ def example_batch(data: Data) -> dict[str, Any]:
     return batch
 
 
-def restore_state(workdir: str, cfg: Config, model: Any, data: Data) -> TrainState:
-    """The latest good checkpoint of the run in ``workdir`` (config ``cfg``, model ``model``).
+CHECKPOINT_CHOICES = "latest, best or a step number"
 
-    Read-only: a damaged newer checkpoint is skipped with a warning, not moved.
-    """
+
+def parse_checkpoint(which: str | int) -> str | int:
+    """``latest``, ``best`` or a step (int); ConfigError naming ``--checkpoint`` otherwise."""
+    if isinstance(which, int) and not isinstance(which, bool) and which >= 0:
+        return which
+    text = str(which).strip()
+    if text in ("latest", "best"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"--checkpoint: must be {CHECKPOINT_CHOICES}; got {which!r}")
+
+
+def restore_state(
+    workdir: str, cfg: Config, model: Any, data: Data, which: str | int = "latest"
+) -> TrainState:
+    """A checkpoint of the run in ``workdir`` (config ``cfg``, model ``model``): ``latest``
+    (the newest good one; a damaged newer one is skipped with a warning, not moved), ``best``
+    (checkpoints/best, kept with ``checkpoint.best_metric``) or a step number. Read-only."""
+    which = parse_checkpoint(which)
     tasks = model.tasks
     strategy = build_strategy(cfg.weighting, tasks)
     optimizer, _ = make_optimizer(cfg.optimizer, cfg.train.steps)
@@ -945,11 +962,22 @@ def restore_state(workdir: str, cfg: Config, model: Any, data: Data) -> TrainSta
         model, optimizer, strategy, example_batch(data), seed=cfg.train.seed
     )
     ckpt_dir = os.path.join(workdir, "checkpoints")
+    if which == "best":
+        ckpt_dir = os.path.join(ckpt_dir, checkpoint.BEST_DIR)
     try:
+        if isinstance(which, int):
+            return checkpoint.restore_step(ckpt_dir, target, which)[0]
         found = checkpoint.restore_latest_good(ckpt_dir, target, warn=_warn, move_bad=False)
+    except KeyError as e:
+        raise ConfigError(f"--checkpoint: {e.args[0]}") from None
     except RuntimeError as e:
         raise ConfigError(f"--workdir: {e}") from None
     if found is None:
+        if which == "best":
+            raise ConfigError(
+                f"--checkpoint: best: {workdir} has no best checkpoint (a run keeps one "
+                "with checkpoint.best_metric)"
+            )
         raise ConfigError(f"--workdir: {workdir} has no checkpoint in checkpoints/ to restore")
     return found[0]
 
@@ -965,12 +993,16 @@ def load_run(workdir: str | os.PathLike) -> Config:
     return load_config(cfg_path)
 
 
-def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, Any]:
-    """Evaluate the latest checkpoint of a finished run in ``workdir`` on its eval splits.
+def evaluate(
+    workdir: str | os.PathLike, *, verbose: bool = True, checkpoint: str | int = "latest"
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (``latest``, ``best`` or a step; see :func:`restore_state`) of
+    the run in ``workdir`` on its eval splits.
 
-    Returns ``{"eval": {split: {task: {metric: value}}}, "step": int}``.
+    Returns ``{"eval": {split: {task: {metric: value}}}, "step": int, "checkpoint": which}``.
     """
     workdir = os.fspath(workdir)
+    which = parse_checkpoint(checkpoint)
     cfg = load_run(workdir)
     suite = load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
@@ -981,7 +1013,7 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
         fsdp=cfg.parallel.fsdp,
     )
     model = model_for(cfg, tasks, suite)
-    state = restore_state(workdir, cfg, model, suite)
+    state = restore_state(workdir, cfg, model, suite, which)
     evals = _evaluate_splits(
         cfg,
         suite,
@@ -996,6 +1028,7 @@ def evaluate(workdir: str | os.PathLike, *, verbose: bool = True) -> dict[str, A
         "eval_loss": {split: res["loss"] for split, res in evals.items()},
         "bayes": {s: suite.bayes.get(s, {}) for s in cfg.train.eval_splits},
         "step": int(state.step),
+        "checkpoint": which,
     }
     if verbose:
         print(

@@ -157,3 +157,49 @@ def test_gradient_method_run_logs_weights_and_plots(name, mode, tiny_overrides, 
         v is not None and math.isfinite(v) for r in train for v in r["weights"].values()
     )
     assert (workdir / "plots" / "weights.png").is_file()
+
+
+def test_eval_checkpoint_latest_best_and_step(tiny_overrides, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    extra = ["checkpoint.every=2", "checkpoint.keep=3", "train.eval_every=2",
+             "checkpoint.best_metric=dev/tag0/accuracy", "checkpoint.best_mode=min"]
+    sets = [a for o in [*tiny_overrides, *extra] for a in ("--set", o)]
+    assert main(["train", "--workdir", str(workdir), "--quiet", *sets]) == 0
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval"] for r in records if "eval" in r}
+    assert sorted(evals) == [2, 4, 6]
+    capsys.readouterr()
+
+    def evaluate(which):
+        code = main(["eval", "--workdir", str(workdir), "--quiet", "--checkpoint", which])
+        captured = capsys.readouterr()
+        return code, (json.loads(captured.out) if code == 0 else captured.err.strip())
+
+    for which, step in (("latest", 6), ("2", 2), ("4", 4)):
+        code, result = evaluate(which)
+        assert code == 0 and result["step"] == step, (which, result)
+        assert result["eval"]["dev"]["tag0"]["accuracy"] == evals[step]["dev/tag0/accuracy"]
+    code, best = evaluate("best")
+    # best_mode=min: the step with the lowest dev accuracy (the first such one is kept).
+    lowest = min(v["dev/tag0/accuracy"] for v in evals.values())
+    assert code == 0 and best["checkpoint"] == "best"
+    assert best["eval"]["dev"]["tag0"]["accuracy"] == lowest
+    assert evals[best["step"]]["dev/tag0/accuracy"] == lowest
+
+    code, err = evaluate("5")
+    assert code == 2 and err.startswith("mtlrnn: error: --checkpoint: no checkpoint of step 5")
+    assert "steps there: 2, 4, 6" in err
+    code, err = evaluate("newest")
+    assert code == 2 and err == (
+        "mtlrnn: error: --checkpoint: must be latest, best or a step number; got 'newest'"
+    )
+
+
+def test_eval_checkpoint_best_needs_a_best_metric(tiny_overrides, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    sets = [a for o in tiny_overrides for a in ("--set", o)]
+    assert main(["train", "--workdir", str(workdir), "--quiet", *sets]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--workdir", str(workdir), "--checkpoint", "best"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint.best_metric" in err, err

@@ -333,3 +333,13 @@ def test_non_utf8_column_input_names_the_line(run, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"latin1\.txt:4: expected UTF-8 .* line 4, column 4"):
         predict(wd, src, tmp_path / "out.txt", verbose=False)
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_predict_checkpoint_is_checked_before_the_run_is_loaded(tmp_path):
+    from mtlrnn.predict import predict
+
+    source = tmp_path / "in.conllu"
+    source.write_text("1\tHi\t_\t_\t_\t_\t0\troot\t_\t_\n\n")
+    with pytest.raises(ConfigError, match="--checkpoint: must be latest, best or a step"):
+        predict(tmp_path / "no-run", source, tmp_path / "out.conllu", checkpoint="newest")
+    assert not (tmp_path / "out.conllu").exists()
