@@ -498,6 +498,18 @@ class LoggingConfig:
     progress: bool = _opt(True, "show a progress bar")
     plots: bool = _opt(True, "write loss and metric curves to <workdir>/plots")
     tensorboard: bool = _opt(False, "write TensorBoard event files")
+    profile_steps: tuple[int, ...] = _opt(
+        (),
+        "[A, B]: trace steps A+1..B with jax.profiler into <workdir>/profile (open it with "
+        "TensorBoard's profile plugin or Perfetto); [] = no trace",
+    )
+
+    def __post_init__(self) -> None:
+        steps = self.profile_steps
+        if steps and (len(steps) != 2 or not 0 <= steps[0] < steps[1]):
+            raise ValueError(
+                f"profile_steps: must be [] or [A, B] with 0 <= A < B; got {list(steps)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

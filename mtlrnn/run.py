@@ -72,12 +72,14 @@ from mtlrnn.train import params_sha256
 from mtlrnn.training.hooks import Checkpoints
 from mtlrnn.training.hooks import Evaluate
 from mtlrnn.training.hooks import MetricsLog
+from mtlrnn.training.hooks import Profile
 from mtlrnn.training.hooks import StopOnSignal
 from mtlrnn.training.hooks import median_step_ms
 from mtlrnn.training.loop import Hook
 from mtlrnn.training.loop import Loop
 from mtlrnn.training.loop import NonFiniteError
 from mtlrnn.workdir import METRICS_FILE
+from mtlrnn.workdir import PROFILE_DIR
 from mtlrnn.workdir import RESOLVED_CONFIG
 from mtlrnn.workdir import SUMMARY_FILE
 from mtlrnn.workdir import VOCAB_FILE
@@ -705,6 +707,7 @@ def fit(
             bar = Progress(cfg.train.steps, initial=start)
         hooks = _run_hooks(
             cfg, writer, bar, ckpts, placement, stop, fault,
+            workdir=logdir,
             evaluate=lambda st: _flat_eval(
                 _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, st, placement)
             ),
@@ -770,6 +773,8 @@ def fit(
                 "tokens_per_second": loop.tokens / seconds if seconds else math.nan,
                 "step_time_ms_median": median_step_ms(loop),
                 "compile_s": loop.compile_s,
+                # Of the timed seconds, waiting for the next batch (stream and placement).
+                "data_wait_s": loop.data_seconds,
                 "compiled_shapes": len(loop.compiled),
             },
             "params_sha256": params_sha256(placement.host(state.params)),
@@ -828,6 +833,7 @@ def _run_hooks(
     stop: _StopRequest,
     fault: _Fault | None,
     *,
+    workdir: str,
     evaluate: Callable[[Any], Mapping[str, float]],
 ) -> list[Hook]:
     """The hooks of a run, in order; the last one (the stop on a signal) goes after the
@@ -850,6 +856,9 @@ def _run_hooks(
                 cfg.checkpoint.every,
             )
         )
+    if cfg.logging.profile_steps:
+        start, stop_step = cfg.logging.profile_steps
+        hooks.append(Profile(start, stop_step, os.path.join(workdir, PROFILE_DIR)))
     if fault is not None:
         hooks.append(_FaultHook(fault, ckpts))
     hooks.append(StopOnSignal(lambda: stop.signal))

@@ -19,6 +19,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 VOCAB_FILE = "vocab.json"
 CHECKPOINTS = "checkpoints"
+PROFILE_DIR = "profile"
 
 #: Every name a run creates directly in its workdir.
 RUN_FILES = (
@@ -30,6 +31,7 @@ RUN_FILES = (
     CHECKPOINTS,
     "plots",
     "tensorboard",
+    PROFILE_DIR,
 )
 
 

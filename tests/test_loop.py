@@ -133,3 +133,27 @@ def test_window_fold_equals_the_host_reference():
     np.testing.assert_allclose(got.last["losses"], want["losses"])
     empty = windows.read(windows.init(3), names)
     assert empty.first_bad_step is None and empty.bad_tasks == () and empty.nonfinite == 0
+
+
+def test_profile_steps_trace_into_the_workdir_and_data_wait_is_reported(tiny_config, tmp_path):
+    cfg = apply_overrides(
+        tiny_config, ["logging.profile_steps=[2,4]", "checkpoint.enabled=false"]
+    )
+    summary = fit(cfg, tmp_path / "w", verbose=False)
+    traces = list((tmp_path / "w" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    tp = summary["throughput"]
+    assert 0 < tp["data_wait_s"] < summary["run"]["wall_s"] and tp["step_time_ms_median"] > 0
+    records = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["data_ms"] > 0 for r in records if "loss" in r)
+
+
+def test_profile_steps_must_be_a_range():
+    import pytest
+
+    from mtlrnn.config import ConfigError
+    from mtlrnn.config import load_config
+
+    for bad in ("[3]", "[4,2]", "[-1,2]"):
+        with pytest.raises(ConfigError, match=r"logging.profile_steps: must be \[\] or \[A, B\]"):
+            load_config(None, [f"logging.profile_steps={bad}"])

@@ -55,7 +55,7 @@ class MetricsLog(Hook):
                     f"step {first}: non-finite {what}{more}; update skipped "
                     f"({loop.nonfinite} so far)"
                 )
-        steps, tokens, seconds = loop.windows[-1]
+        steps, tokens, seconds, data_s = loop.windows[-1]
         self._step_s = seconds / max(steps, 1)
         last = window.last
         record = {
@@ -67,6 +67,7 @@ class MetricsLog(Hook):
             "grad_norm": float(last["grad_norm"]),
             "tokens_per_s": tokens / max(seconds, 1e-9),
             "step_time_ms": 1e3 * self._step_s,
+            "data_ms": 1e3 * data_s / max(steps, 1),
         }
         self.writer.write(record)
         self._shown = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
@@ -127,6 +128,42 @@ class Checkpoints(Hook):
             self._save(loop)
 
 
+class Profile(Hook):
+    """Trace steps ``start + 1 .. stop`` with ``jax.profiler`` into ``directory`` (the device
+    work of those steps: the trace ends after waiting for the last one)."""
+
+    def __init__(self, start: int, stop: int, directory: str) -> None:
+        self.start, self.stop, self.directory = start, stop, directory
+        self.active = False
+
+    def _begin(self) -> None:
+        import jax
+
+        jax.profiler.start_trace(self.directory)
+        self.active = True
+
+    def _finish(self, loop: Loop) -> None:
+        import jax
+
+        if self.active:
+            jax.block_until_ready(loop.state)
+            jax.profiler.stop_trace()
+            self.active = False
+
+    def on_start(self, loop: Loop) -> None:
+        if self.start <= loop.step < self.stop:
+            self._begin()
+
+    def on_step(self, loop: Loop) -> None:
+        if loop.step == self.start and not self.active:
+            self._begin()
+        elif loop.step == self.stop:
+            self._finish(loop)
+
+    def on_end(self, loop: Loop) -> None:
+        self._finish(loop)
+
+
 class StopOnSignal(Hook):
     """Stop the loop once ``signal()`` names a signal (checked after each step)."""
 
@@ -141,5 +178,5 @@ class StopOnSignal(Hook):
 
 def median_step_ms(loop: Loop) -> float:
     """The median over log windows of the mean step time, in ms (nan before any window)."""
-    per_step = [seconds / steps for steps, _, seconds in loop.windows if steps]
+    per_step = [seconds / steps for steps, _, seconds, _ in loop.windows if steps]
     return 1e3 * statistics.median(per_step) if per_step else float("nan")

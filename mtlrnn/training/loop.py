@@ -108,7 +108,9 @@ class Loop:
         self.compiled: dict[tuple[int, ...], Any] = {}
         self.compile_s = 0.0
         self.nonfinite = 0  # skipped steps so far (as of the last log step)
-        self.windows: list[tuple[int, int, float]] = []  # (steps, tokens, seconds) each
+        # Per log window: (steps, tokens, seconds, of those seconds the time spent getting
+        # the batch from the stream and placing it on the device).
+        self.windows: list[tuple[int, int, float, float]] = []
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step's hooks (``on_end`` still runs)."""
@@ -123,6 +125,11 @@ class Loop:
     def seconds(self) -> float:
         """Timed seconds so far (as of the last log step; see the module docstring)."""
         return sum(w[2] for w in self.windows)
+
+    @property
+    def data_seconds(self) -> float:
+        """Of :attr:`seconds`, the time the loop waited for batches (stream and placement)."""
+        return sum(w[3] for w in self.windows)
 
     def _compiled_for(self, batch: Mapping[str, Any], device_batch: Any) -> Any:
         shape = tuple(np.shape(batch["inputs"]))
@@ -143,9 +150,9 @@ class Loop:
         raise under ``on_nonfinite="stop"``, if any."""
         window = windows.read(acc, self.task_names)
         seconds = time.perf_counter() - self._window_t0 - self._excluded
-        self.windows.append((window.steps, window.tokens, max(seconds, 0.0)))
+        self.windows.append((window.steps, window.tokens, max(seconds, 0.0), self._data_s))
         self.nonfinite += window.nonfinite
-        self._excluded = 0.0
+        self._excluded = self._data_s = 0.0
         for hook in self.hooks:
             self._timed(lambda hook=hook: hook.on_log(self, window))
         self._window_t0 = time.perf_counter()
@@ -168,17 +175,21 @@ class Loop:
           NonFiniteError: ``on_nonfinite="stop"`` and a step in the last window was not
             finite (after the hooks' ``on_end``).
         """
-        self._excluded = 0.0
+        self._excluded = self._data_s = 0.0
         for hook in self.hooks:
             self._timed(lambda hook=hook: hook.on_start(self))
         acc = windows.init(len(self.task_names))
         self._window_t0 = time.perf_counter()
         failure: NonFiniteError | None = None
         logged = True
-        for batch in self.batches:
-            if self.step >= self.total:
+        batches = iter(self.batches)
+        while self.step < self.total:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
                 break
             device_batch = self.place(batch)
+            self._data_s += time.perf_counter() - t0
             compiled = self._compiled_for(batch, device_batch)
             self.state, metrics = compiled(self.state, device_batch)
             self.step += 1
