@@ -279,20 +279,23 @@ def restore_step(
       RuntimeError: it exists but cannot be restored.
     """
     directory = os.path.abspath(directory)
-    steps = manager(directory, create=False).all_steps() if os.path.isdir(directory) else []
-    if step not in steps:
-        have = ", ".join(map(str, sorted(steps))) or "none"
-        raise KeyError(f"no checkpoint of step {step} in {directory} (steps there: {have})")
+    if not os.path.isdir(directory):
+        raise KeyError(f"no checkpoint of step {step} in {directory} (steps there: none)")
     _ignore_closed_loop_callbacks()
     mngr = manager(directory, create=False)
     try:
-        meta = read_meta(mngr, step)
-        return restore(mngr, target, step=step), meta
-    except Exception as e:  # any failed restore: a damaged checkpoint
-        raise RuntimeError(
-            f"checkpoint {os.path.join(directory, str(step))} cannot be restored "
-            f"({_one_line(e)})"
-        ) from None
+        steps = mngr.all_steps()
+        if step not in steps:
+            have = ", ".join(map(str, sorted(steps))) or "none"
+            raise KeyError(f"no checkpoint of step {step} in {directory} (steps there: {have})")
+        try:
+            meta = read_meta(mngr, step)
+            return restore(mngr, target, step=step), meta
+        except Exception as e:  # any failed restore: a damaged checkpoint
+            raise RuntimeError(
+                f"checkpoint {os.path.join(directory, str(step))} cannot be restored "
+                f"({_one_line(e)})"
+            ) from None
     finally:
         mngr.close()
 

@@ -562,7 +562,6 @@ def fit(
         own (metrics log, evaluation, checkpoints) at each step; e.g. a logger of your own, or
         one that calls ``loop.request_stop(reason)``.
     """
-    user_hooks = list(hooks)
     if verbose:
         configure_logging(force=False)
     cfg = config or default_config()
@@ -705,9 +704,10 @@ def fit(
             )
         if verbose and cfg.logging.progress:
             bar = Progress(cfg.train.steps, initial=start)
-        hooks = _run_hooks(
+        all_hooks = _run_hooks(
             cfg, writer, bar, ckpts, placement, stop, fault,
             workdir=logdir,
+            user_hooks=hooks,
             evaluate=lambda st: _flat_eval(
                 _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, st, placement)
             ),
@@ -724,7 +724,7 @@ def fit(
             total=cfg.train.steps,
             log_every=cfg.train.log_every,
             on_nonfinite=cfg.train.on_nonfinite,
-            hooks=[*hooks[:-1], *user_hooks, hooks[-1]],
+            hooks=all_hooks,
             on_compile=_compile_notice(bar),
         )
         try:
@@ -757,8 +757,9 @@ def fit(
             }
 
         evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
-        writer.write({"step": cfg.train.steps, "eval": _flat_eval(evals)})
-        _save_if_best(ckpts, cfg, _flat_eval(evals), state, cfg.train.steps)
+        flat = _flat_eval(evals)
+        writer.write({"step": cfg.train.steps, "eval": flat})
+        _save_if_best(ckpts, cfg, flat, state, cfg.train.steps)
         if ckpts is not None:
             ckpts.wait()  # summary.json only ever describes checkpoints on disk
 
@@ -834,10 +835,11 @@ def _run_hooks(
     fault: _Fault | None,
     *,
     workdir: str,
+    user_hooks: Sequence[Hook],
     evaluate: Callable[[Any], Mapping[str, float]],
 ) -> list[Hook]:
-    """The hooks of a run, in order; the last one (the stop on a signal) goes after the
-    user's hooks."""
+    """The hooks of a run, in order: the run's own, the user's, then the stop on a signal
+    (so a user hook sees every step that ran)."""
     hooks: list[Hook] = [
         MetricsLog(writer, bar, warn=_warn),
         Evaluate(
@@ -861,6 +863,7 @@ def _run_hooks(
         hooks.append(Profile(start, stop_step, os.path.join(workdir, PROFILE_DIR)))
     if fault is not None:
         hooks.append(_FaultHook(fault, ckpts))
+    hooks.extend(user_hooks)
     hooks.append(StopOnSignal(lambda: stop.signal))
     return hooks
 

@@ -77,10 +77,6 @@ class MetricsLog(Hook):
             self.progress.update(self._step_s, log=self._shown)
         self._shown = None
 
-    def on_end(self, loop: Loop) -> None:
-        if self.progress is not None:
-            self.progress.close()
-
 
 class Evaluate(Hook):
     """Every ``every`` steps (not at the last step: the run evaluates after the loop), call
