@@ -175,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # stop, and rerunning the same command resumes.
                 return 0
             if args.quiet:
-                print(json.dumps(json_safe(summary["eval"]), sort_keys=True))
+                if "seeds" in summary:  # a population: each seed's evaluation
+                    evals = {seed: s["eval"] for seed, s in summary["seeds"].items()}
+                else:
+                    evals = summary["eval"]
+                print(json.dumps(json_safe(evals), sort_keys=True))
         elif args.command == "compare":
             cpu_tuning.apply()
             from mtlrnn.compare import compare

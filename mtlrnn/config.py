@@ -395,6 +395,12 @@ class TrainConfig:
     batch_size: int = _opt(32, "sequences per training batch", min=1)
     eval_batch_size: int = _opt(128, "sequences per evaluation batch", min=1)
     seed: int = _opt(0, "seed for parameter init, dropout and batch order", min=0)
+    num_seeds: int = _opt(
+        1,
+        "seeds train.seed, train.seed + 1, ... trained together in one process, one jitted "
+        "step vmapped over their stacked states; each seed's run goes to <workdir>/seed<seed>",
+        min=1,
+    )
     eval_every: int = _opt(0, "evaluate every this many steps; 0 = only at the end", min=0)
     log_every: int = _opt(50, "log training metrics every this many steps", min=1)
     eval_splits: tuple[Split, ...] = _opt(

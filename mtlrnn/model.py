@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import chex
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from mtlrnn.char_encoder import CharCNN
 from mtlrnn.char_encoder import CharLSTM
+from mtlrnn.dropout import TimeDropout
+from mtlrnn.dropout import time_bernoulli
 from mtlrnn.heads import StackedHeads
 from mtlrnn.heads import group_tasks
 from mtlrnn.tasks import TaskSpec
@@ -34,6 +35,8 @@ class MultiTaskRNN(nn.Module):
       embed_dropout: dropout on the embeddings.
       word_dropout: training only: the probability that a word id is replaced by ``unk_id``,
         so the model learns to tag unknown words from context and characters.
+        Every dropout mask is drawn step by step (:mod:`mtlrnn.dropout`): padding a batch to
+        a longer ``L`` changes no draw on its valid steps.
       unk_id: the unknown-word id used by ``word_dropout``.
       char_encoder: ``"none"``, ``"cnn"`` (:class:`CharCNN`) or ``"lstm"`` (:class:`CharLSTM`).
       char_vocab_size, char_embed_dim, char_features, char_kernel: its sizes (``char_features``
@@ -112,15 +115,16 @@ class MultiTaskRNN(nn.Module):
             g.name: StackedHeads(g, param_dtype=self.param_dtype, dtype=self.dtype, name=g.name)
             for g in group_tasks(self.tasks)
         }
-        self.embed_drop = nn.Dropout(self.embed_dropout)
-        self.out_drop = nn.Dropout(self.dropout)
+        # Masks drawn step by step: padding a batch to a longer bucket changes no draw.
+        self.embed_drop = TimeDropout(self.embed_dropout)
+        self.out_drop = TimeDropout(self.dropout)
 
     def embed_inputs(
         self, inputs: chex.Array, chars: chex.Array | None, *, train: bool
     ) -> chex.Array:
         """Input vectors ``[B, L, E (+ char features)]``."""
         if train and self.word_dropout > 0 and self.num_features == 0:
-            drop = jax.random.bernoulli(self.make_rng("dropout"), self.word_dropout, inputs.shape)
+            drop = time_bernoulli(self.make_rng("dropout"), self.word_dropout, inputs.shape)
             inputs = jnp.where(drop & (inputs > self.unk_id), self.unk_id, inputs)
         x = self.embed(inputs)
         if self.char_encoder != "none":
@@ -144,7 +148,7 @@ class MultiTaskRNN(nn.Module):
         x = self.embed_inputs(inputs, chars, train=train)
         outputs, last, _ = self.trunk(x, lengths, train=train)
         outputs = self.out_drop(outputs, deterministic=not train)
-        last = self.out_drop(last, deterministic=not train)
+        last = self.out_drop(last[:, None], deterministic=not train)[:, 0]  # one "step"
         mask = jnp.arange(outputs.shape[1])[None, :, None] < lengths[:, None, None]
         return jnp.where(mask, outputs, 0), last
 

@@ -131,6 +131,12 @@ class Placement:
         split = jax.tree.map(lambda x: np.reshape(x, (n, -1, *np.shape(x)[1:])), batch)
         return _put_pmap(split, self.devices)
 
+    def batch_sharding(self) -> NamedSharding:
+        """``mesh`` mode: arrays split on their leading axis over the devices."""
+        if self.mesh is None:
+            raise ValueError("batch_sharding: only in mesh mode")
+        return NamedSharding(self.mesh, PartitionSpec(AXIS))
+
     def eval_batch(self, batch: Mapping[str, Any]) -> Any:
         """Evaluation runs jitted on the global batch (a mesh in pmap mode too: no psum)."""
         if self.mode == "pmap":

@@ -42,6 +42,7 @@ from mtlrnn.config import load_config
 from mtlrnn.config import resolve_tasks
 from mtlrnn.data.batching import bucket_lengths
 from mtlrnn.data.batching import eval_batches
+from mtlrnn.data.batching import stack_batches
 from mtlrnn.data.batching import train_batches
 from mtlrnn.fileio import write_text_atomic
 from mtlrnn.losses import task_counts
@@ -72,13 +73,16 @@ from mtlrnn.train import params_sha256
 from mtlrnn.training.hooks import Checkpoints
 from mtlrnn.training.hooks import Evaluate
 from mtlrnn.training.hooks import MetricsLog
+from mtlrnn.training.hooks import PerSeed
 from mtlrnn.training.hooks import Profile
+from mtlrnn.training.hooks import SeedView
 from mtlrnn.training.hooks import StopOnSignal
 from mtlrnn.training.hooks import median_step_ms
 from mtlrnn.training.loop import Hook
 from mtlrnn.training.loop import Loop
 from mtlrnn.training.loop import NonFiniteError
 from mtlrnn.workdir import METRICS_FILE
+from mtlrnn.workdir import POPULATION_FILE
 from mtlrnn.workdir import PROFILE_DIR
 from mtlrnn.workdir import RESOLVED_CONFIG
 from mtlrnn.workdir import SUMMARY_FILE
@@ -429,11 +433,12 @@ class _Fault:
             raise ConfigError(f"MTLRNN_FAULT_SIGNAL: must be KILL, TERM or INT, got {name!r}")
         return _Fault(int(raw), signal.Signals[f"SIG{name}"])
 
-    def fire(self, ckpts: checkpoint.RunCheckpoints | None) -> None:
+    def fire(self, ckpts: Sequence[checkpoint.RunCheckpoints]) -> None:
         # Saves issued at earlier steps land first, so that a test knows which checkpoints
         # exist; a save issued at this very step stays in flight, as in a kill mid-save.
-        if ckpts is not None and ckpts.last_saved != self.step:
-            ckpts.wait()
+        for c in ckpts:
+            if c.last_saved != self.step:
+                c.wait()
         sys.stdout.flush()
         sys.stderr.flush()
         if self.signal == signal.SIGKILL:
@@ -504,6 +509,82 @@ def _existing_run(
     return None
 
 
+@dataclasses.dataclass
+class _Setup:
+    """What every seed of a run shares: data, tasks, model, optimizer and placement."""
+
+    cfg: Config
+    suite: Data
+    tasks: tuple[TaskSpec, ...]
+    strategy: Any
+    buckets: tuple[int, ...]
+    placement: Placement
+    model: Any
+    optimizer: Any
+    schedule: Any
+    population: bool
+
+    def stream(self, seed: int, step: int) -> Iterator[dict[str, Any]]:
+        """Seed ``seed``'s training batches from step ``step`` on."""
+        return train_batches(
+            self.suite.splits["train"],
+            self.tasks,
+            batch_size=self.cfg.train.batch_size,
+            buckets=self.buckets,
+            seed=seed,
+            start_step=step,
+        )
+
+    def evaluate(self, eval_fn: Any, state: Any) -> dict[str, dict[str, Any]]:
+        """Every eval split of one seed's ``state``."""
+        if self.population:  # one seed's slice of the stacked state, placed for evaluation
+            state = self.placement.state(state)
+        return _evaluate_splits(
+            self.cfg, self.suite, self.tasks, self.buckets, eval_fn, state, self.placement
+        )
+
+
+@dataclasses.dataclass
+class _Member:
+    """One seed of a run: its own config (``train.seed``; ``train.num_seeds`` 1), workdir,
+    state and outputs. An ordinary run has one; a population run (``train.num_seeds > 1``)
+    has one per seed, each in ``<workdir>/seed<seed>``."""
+
+    cfg: Config
+    workdir: str
+    logdir: str
+    label: str
+    state: Any = None
+    batches: Iterator[dict[str, Any]] | None = None
+    start: int = 0
+    resumed: bool = False
+    writer: MetricsWriter | None = None
+    ckpts: checkpoint.RunCheckpoints | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.train.seed
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.workdir, "checkpoints")
+
+
+def _members(cfg: Config, workdir: str) -> list[_Member]:
+    rank = jax.process_index()
+    count = cfg.train.num_seeds
+    members = []
+    for i in range(count):
+        seed = cfg.train.seed + i
+        own = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, seed=seed, num_seeds=1)
+        )
+        where = workdir if count == 1 else os.path.join(workdir, f"seed{seed}")
+        logdir = where if rank == 0 else os.path.join(where, f"process-{rank}")
+        members.append(_Member(own, where, logdir, f"seed {seed}"))
+    return members
+
+
 def fit(
     config: Config | None = None,
     workdir: str | os.PathLike | None = None,
@@ -541,6 +622,17 @@ def fit(
     checkpoint is at ``train.steps`` and whose summary.json describes it is complete: fit
     says so and returns that summary.
 
+    Population (``train.num_seeds = S > 1``): seeds ``train.seed .. train.seed + S - 1``
+    are trained together, their states stacked and one jitted step vmapped over them (each
+    step takes one batch per seed, padded in time to the longest). Seed ``s`` is an
+    ordinary run in ``<workdir>/seed<s>`` (its resolved config has ``train.seed = s`` and
+    ``train.num_seeds = 1``, so ``mtlrnn eval``/``predict`` and a resume by itself work on
+    it), equal to a separate run of that seed up to float rounding; ``<workdir>/
+    population.json`` lists them. Resuming continues every seed from the latest step at
+    which all have a checkpoint. fit then returns ``{"seeds": {seed: summary}, "workdir":
+    ..., "throughput": ...}``. One device (``parallel.mode`` none), or a mesh over the
+    seeds (``mesh``; ``S`` divisible by the device count).
+
     Signals: SIGTERM or SIGINT during training finishes the current step, saves a
     checkpoint, waits for pending saves, prints one line and returns
     ``{"interrupted": True, "signal": name, "step": n, "workdir": dir}`` (no evaluation, no
@@ -560,26 +652,149 @@ def fit(
       overwrite: move a run already in ``workdir`` aside instead of continuing it.
       hooks: the user's :class:`mtlrnn.training.loop.Hook` objects, called after the run's
         own (metrics log, evaluation, checkpoints) at each step; e.g. a logger of your own, or
-        one that calls ``loop.request_stop(reason)``.
+        one that calls ``loop.request_stop(reason)``. In a population run they see the whole
+        population (wrap one in :class:`mtlrnn.training.hooks.PerSeed` for one seed's view).
     """
     if verbose:
         configure_logging(force=False)
     cfg = config or default_config()
     cfg = dataclasses.replace(cfg, data=absolute_paths(cfg.data))
     workdir = os.fspath(workdir) if workdir is not None else _default_workdir(cfg.data.source)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
     # Multi-host: every process trains and checkpoints into the shared checkpoints/; only
     # process 0 writes the workdir's files, the others keep theirs under process-<id>/.
     initialize_distributed(cfg.parallel)
-    rank = jax.process_index()
-    logdir = workdir if rank == 0 else os.path.join(workdir, f"process-{rank}")
+    members = _members(cfg, workdir)
+    population = len(members) > 1
+    if population and any(name != POPULATION_FILE for name in run_files(workdir)):
+        raise ConfigError(
+            f"train.num_seeds: {workdir} holds an ordinary run ({', '.join(run_files(workdir))}); "
+            "a population writes its seeds into <workdir>/seed<seed>: use another --workdir"
+        )
     resumable = cfg.checkpoint.enabled and cfg.checkpoint.resume
-    complete = _existing_run(cfg, workdir, overwrite=overwrite, resumable=resumable)
-    if complete is not None:
-        return complete
+    done = [
+        _existing_run(m.cfg, m.workdir, overwrite=overwrite, resumable=resumable)
+        for m in members
+    ]
+    if all(summary is not None for summary in done):
+        return _result(workdir, members, done)
     wall0 = time.perf_counter()
 
-    # Everything that can fail on user input happens before any compilation.
+    setup = _setup(cfg, population)  # everything that fails on user input, before compiling
+    fault = _Fault.from_env()
+    if resumable:
+        for m in members:
+            meta = checkpoint.read_latest_meta(m.ckpt_dir)
+            if meta is not None:
+                _check_resumable(meta, m.cfg, m.workdir)  # before building anything
+    complete = _start_members(setup, members, resumable)
+    if complete is not None:
+        return _result(workdir, members, complete)
+    start = members[0].start
+
+    for m in members:
+        os.makedirs(m.logdir, exist_ok=True)
+        dump_yaml(m.cfg, os.path.join(m.logdir, RESOLVED_CONFIG))
+        if setup.suite.text is not None:
+            write_text_atomic(
+                os.path.join(m.logdir, VOCAB_FILE),
+                json.dumps(setup.suite.text.vocab_dict(), ensure_ascii=False),
+            )
+    if verbose:
+        _info(setup.suite.description)
+        if population:
+            _info(f"population: {len(members)} seeds in one step -> {workdir}/seed<seed>")
+
+    step_jit, state = _compile(setup, members)
+    eval_jit = setup.placement.compile_eval(make_eval_step(setup.model))
+    for m in members:
+        kept = _kept_history(m.logdir, start, final=start == cfg.train.steps)
+        m.writer = MetricsWriter(m.logdir, tensorboard=cfg.logging.tensorboard)
+        _replay_history(m.writer, kept)
+    bar: Progress | None = None
+    stop = _StopRequest()
+    summaries: list[dict[str, Any]] = []
+    try:
+        stop.install()
+        if cfg.checkpoint.enabled:
+            for m in members:
+                m.ckpts = checkpoint.RunCheckpoints(
+                    m.ckpt_dir,
+                    keep=cfg.checkpoint.keep,
+                    async_save=cfg.checkpoint.async_save,
+                    meta=_run_meta(m.cfg),
+                    best_metric=cfg.checkpoint.best_metric,
+                    best_mode=cfg.checkpoint.best_mode,
+                    warn=_warn,
+                )
+        if verbose and cfg.logging.progress:
+            bar = Progress(cfg.train.steps, initial=start)
+        top = members[0].logdir if not population else workdir
+        loop = Loop(
+            step_jit,
+            state,
+            _population_batches(setup, members) if population else members[0].batches,
+            place=setup.placement.batch,
+            device_metrics=setup.placement.device_metrics,
+            task_names=[t.name for t in setup.tasks],
+            start=start,
+            total=cfg.train.steps,
+            log_every=cfg.train.log_every,
+            on_nonfinite=cfg.train.on_nonfinite,
+            hooks=_run_hooks(
+                setup, members, bar, stop, fault, eval_jit, workdir=top, user_hooks=hooks
+            ),
+            on_compile=_compile_notice(bar),
+            population=[m.label for m in members] if population else (),
+        )
+        try:
+            ended = loop.run()
+        except NonFiniteError as e:
+            _wait(members)
+            saved = "; the last good state is saved" if cfg.checkpoint.enabled else ""
+            raise NonFiniteError(
+                f"{e}{saved} (set train.on_nonfinite=skip to skip such steps)"
+            ) from None
+        if bar is not None:
+            bar.close()
+        _wait(members)
+        if ended != "completed":
+            saved = (
+                "checkpoint saved; rerun the same command to resume"
+                if cfg.checkpoint.enabled
+                else "checkpoints are disabled (checkpoint.enabled=false), nothing saved"
+            )
+            _info(f"stopped by {ended} at step {loop.step}; {saved}")
+            return {"interrupted": True, "signal": ended, "step": loop.step, "workdir": workdir}
+        for i, m in enumerate(members):
+            view = SeedView(loop, i) if population else loop
+            summaries.append(_finish(setup, m, view, eval_jit, wall0, len(members)))
+        result = _result(workdir, members, summaries)
+        if population and jax.process_index() == 0:
+            write_text_atomic(
+                os.path.join(workdir, POPULATION_FILE),
+                json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False),
+            )
+    finally:
+        stop.restore()
+        if bar is not None:
+            bar.close()
+        for m in members:
+            if m.ckpts is not None:
+                m.ckpts.close()  # finishes pending asynchronous saves, whatever the way out
+            if m.writer is not None:
+                m.writer.close()
+    if verbose:
+        # The result goes to stdout (``mtlrnn train > log`` keeps it); notices to stderr.
+        for m, summary in zip(members, summaries, strict=True):
+            head = f"{m.label} ({m.workdir}):\n" if population else ""
+            print(head + _report(summary, setup.tasks), flush=True)
+        _info(f"workdir: {workdir}")
+    return result
+
+
+def _setup(cfg: Config, population: bool) -> _Setup:
+    """Check the config against the data and build what every seed shares (no compilation:
+    everything that can fail on user input fails here)."""
     try:
         compile_cache.enable(cfg.train.compile_cache)
     except OSError as e:
@@ -604,214 +819,224 @@ def fit(
     _check_best_metric(cfg, tasks)
     for message in check_labels(suite, tasks, ("train", *cfg.train.eval_splits)):
         _warn(message)
-    fault = _Fault.from_env()
-    if resumable:
-        meta = checkpoint.read_latest_meta(ckpt_dir)
-        if meta is not None:
-            _check_resumable(meta, cfg, workdir)  # before building anything
     buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
-    placement = Placement(
-        cfg.parallel.mode,
-        (cfg.train.batch_size, cfg.train.eval_batch_size),
-        fsdp=cfg.parallel.fsdp,
+    sizes = () if population else (cfg.train.batch_size, cfg.train.eval_batch_size)
+    placement = Placement(cfg.parallel.mode, sizes, fsdp=cfg.parallel.fsdp)
+    if population:
+        _check_population(cfg, placement)
+    optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
+    return _Setup(
+        cfg=cfg,
+        suite=suite,
+        tasks=tasks,
+        strategy=strategy,
+        buckets=buckets,
+        placement=placement,
+        model=model_for(cfg, tasks, suite),
+        optimizer=optimizer,
+        schedule=schedule,
+        population=population,
     )
 
-    model = model_for(cfg, tasks, suite)
-    optimizer, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
-    def stream_from(step: int) -> Iterator[dict[str, Any]]:
-        return train_batches(
-            suite.splits["train"],
-            tasks,
-            batch_size=cfg.train.batch_size,
-            buckets=buckets,
-            seed=cfg.train.seed,
-            start_step=step,
+
+def _check_population(cfg: Config, placement: Placement) -> None:
+    where = f"train.num_seeds: {cfg.train.num_seeds} seeds in one step"
+    if placement.mode == "pmap" or placement.fsdp or jax.process_count() > 1:
+        raise ConfigError(
+            f"{where} run on one device (parallel.mode none) or spread over the devices of "
+            "one process (parallel.mode mesh, without fsdp); for pmap, fsdp or several "
+            "processes train each seed as its own run (train.num_seeds=1)"
+        )
+    if placement.mode == "mesh" and cfg.train.num_seeds % placement.num_devices:
+        raise ConfigError(
+            f"{where} are spread over the {placement.num_devices} devices of parallel.mode "
+            "mesh, so they must divide by it; use a multiple, or parallel.mode none"
         )
 
-    stream = stream_from(0)
-    first = next(stream)
-    state = create_train_state(model, optimizer, strategy, first, seed=cfg.train.seed)
 
-    # Resume: the state and the position in the data stream (the step).
-    start = 0
-    leftovers = resumable and checkpoint.has_checkpoints(ckpt_dir)
-    found = _restore_for_resume(ckpt_dir, state, cfg, workdir) if leftovers else None
-    if leftovers and found is None:
-        _warn(f"no finished checkpoint in {ckpt_dir}; starting the run from step 0")
-    if found is not None:
-        state, meta = found
-        start = int(meta["step"])
-        if start > cfg.train.steps:
+def _start_members(
+    setup: _Setup, members: list[_Member], resumable: bool
+) -> list[dict[str, Any]] | None:
+    """Each seed's initial state and batch stream, resumed where checkpoints allow; the
+    summaries when every seed is already complete (nothing to train), else None.
+
+    Seeds of a population resume at one step: the latest step at which every seed has a
+    checkpoint (a kill during one checkpoint step's saves leaves some seeds ahead)."""
+    cfg = setup.cfg
+    fresh, firsts, found = [], [], []
+    for m in members:
+        stream = setup.stream(m.seed, 0)
+        first = next(stream)
+        state = create_train_state(
+            setup.model, setup.optimizer, setup.strategy, first, seed=m.seed
+        )
+        fresh.append(state)
+        firsts.append((first, stream))
+        leftovers = resumable and checkpoint.has_checkpoints(m.ckpt_dir)
+        got = _restore_for_resume(m.ckpt_dir, state, m.cfg, m.workdir) if leftovers else None
+        if leftovers and got is None:
+            _warn(f"no finished checkpoint in {m.ckpt_dir}; starting the run from step 0")
+        found.append(got)
+    steps = [int(got[1]["step"]) if got is not None else 0 for got in found]
+    start = min(steps)
+    if max(steps) > cfg.train.steps:
+        where = members[steps.index(max(steps))].workdir
+        raise ConfigError(
+            f"train.steps: the run in {where} is already at step {max(steps)} > "
+            f"train.steps={cfg.train.steps}; train.steps can only grow on resume"
+        )
+    for m, got, step, state in zip(members, found, steps, fresh, strict=True):
+        m.start, m.resumed, m.state = start, got is not None and start > 0, state
+        if got is None or start == 0:
+            continue
+        if step == start:
+            m.state = got[0]
+            continue
+        try:
+            m.state = checkpoint.restore_step(m.ckpt_dir, state, start)[0]
+        except (KeyError, RuntimeError) as e:
             raise ConfigError(
-                f"train.steps: the run in {workdir} is already at step {start} > "
-                f"train.steps={cfg.train.steps}; train.steps can only grow on resume"
-            )
-        summary = _finished_summary(logdir, start) if start == cfg.train.steps else None
-        if summary is not None:
+                f"train.num_seeds: {m.workdir} is at step {step} but another seed of the "
+                f"run only at {start}, and {e}; resume the seeds one by one (train.seed=<s> "
+                "train.num_seeds=1 --workdir <workdir>/seed<s>)"
+            ) from None
+        _warn(f"{m.workdir}: at step {step}; continuing from step {start} with the other seeds")
+    if start == cfg.train.steps and start > 0:
+        done = [_finished_summary(m.logdir, start) for m in members]
+        if all(summary is not None for summary in done):
+            where = members[0].workdir if len(members) == 1 else os.path.dirname(members[0].workdir)
             _warn(
-                f"the run in {workdir} is already complete (step {start}); nothing "
-                f"to train (mtlrnn eval --workdir {workdir} evaluates it again)"
+                f"the run in {where} is already complete (step {start}); nothing to train "
+                f"(mtlrnn eval --workdir {members[0].workdir} evaluates it again)"
             )
-            return summary
-        _info(f"resumed from step {start} ({os.path.join(ckpt_dir, str(start))})")
-        if os.path.isfile(os.path.join(logdir, SUMMARY_FILE)):
-            os.remove(os.path.join(logdir, SUMMARY_FILE))  # it described a shorter run
-        stream = stream_from(start)
+            return done
+    for m, (first, stream) in zip(members, firsts, strict=True):
+        if start > 0:
+            m.batches = setup.stream(m.seed, start)
+            if os.path.isfile(os.path.join(m.logdir, SUMMARY_FILE)):
+                os.remove(os.path.join(m.logdir, SUMMARY_FILE))  # it described a shorter run
+        else:
+            m.batches = itertools.chain([first], stream)
+    if start > 0:
+        _info(f"resumed from step {start} ({os.path.join(members[0].ckpt_dir, str(start))})")
+    return None
 
-    # A restored state is placed like a fresh one, so the step compiles identically.
-    state = placement.state(state)
 
-    os.makedirs(logdir, exist_ok=True)
-    dump_yaml(cfg, os.path.join(logdir, RESOLVED_CONFIG))
-    if suite.text is not None:
-        write_text_atomic(
-            os.path.join(logdir, VOCAB_FILE),
-            json.dumps(suite.text.vocab_dict(), ensure_ascii=False),
-        )
-    if verbose:
-        _info(suite.description)
-
+def _compile(setup: _Setup, members: list[_Member]) -> tuple[Any, Any]:
+    """The step to run (jitted; vmapped over the seeds of a population) and the placed
+    state (a restored state is placed like a fresh one, so the step compiles identically)."""
+    placement = setup.placement
     step_fn = make_train_step(
-        model,
-        optimizer,
-        strategy,
-        schedule,
-        grad_mode=cfg.weighting.mode,
-        chunk_size=cfg.weighting.chunk_size,
-        accumulate=cfg.train.accumulate,
+        setup.model,
+        setup.optimizer,
+        setup.strategy,
+        setup.schedule,
+        grad_mode=setup.cfg.weighting.mode,
+        chunk_size=setup.cfg.weighting.chunk_size,
+        accumulate=setup.cfg.train.accumulate,
         axis_name=placement.axis_name,
     )
-    step_jit = placement.compile_step(step_fn, state)
-    eval_jit = placement.compile_eval(make_eval_step(model))
+    if not setup.population:
+        state = placement.state(members[0].state)
+        return placement.compile_step(step_fn, state), state
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(m.state for m in members))
+    if placement.mode == "mesh":  # the seeds spread over the devices
+        state = jax.device_put(stacked, placement.batch_sharding())
+    else:
+        state = placement.state(stacked)
+    return jax.jit(jax.vmap(step_fn), donate_argnums=0), state
 
-    kept = _kept_history(logdir, start, final=start == cfg.train.steps)
-    writer = MetricsWriter(logdir, tensorboard=cfg.logging.tensorboard)
-    _replay_history(writer, kept)
-    ckpts = None
-    bar: Progress | None = None
-    stop = _StopRequest()
-    try:
-        stop.install()
-        if cfg.checkpoint.enabled:
-            ckpts = checkpoint.RunCheckpoints(
-                ckpt_dir,
-                keep=cfg.checkpoint.keep,
-                async_save=cfg.checkpoint.async_save,
-                meta=_run_meta(cfg),
-                best_metric=cfg.checkpoint.best_metric,
-                best_mode=cfg.checkpoint.best_mode,
-                warn=_warn,
-            )
-        if verbose and cfg.logging.progress:
-            bar = Progress(cfg.train.steps, initial=start)
-        all_hooks = _run_hooks(
-            cfg, writer, bar, ckpts, placement, stop, fault,
-            workdir=logdir,
-            user_hooks=hooks,
-            evaluate=lambda st: _flat_eval(
-                _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, st, placement)
-            ),
-        )
-        batches = itertools.chain([first], stream) if start == 0 else stream
-        loop = Loop(
-            step_jit,
-            state,
-            batches,
-            place=placement.batch,
-            device_metrics=placement.device_metrics,
-            task_names=[t.name for t in tasks],
-            start=start,
-            total=cfg.train.steps,
-            log_every=cfg.train.log_every,
-            on_nonfinite=cfg.train.on_nonfinite,
-            hooks=all_hooks,
-            on_compile=_compile_notice(bar),
-        )
-        try:
-            ended = loop.run()
-        except NonFiniteError as e:
-            if ckpts is not None:
-                ckpts.wait()
-            saved = "; the last good state is saved" if ckpts is not None else ""
-            raise NonFiniteError(
-                f"{e}{saved} (set train.on_nonfinite=skip to skip such steps)"
-            ) from None
-        state = loop.state
-        if bar is not None:
-            bar.close()
-        if ckpts is not None:
-            ckpts.wait()
 
-        if ended != "completed":
-            saved = (
-                "checkpoint saved; rerun the same command to resume"
-                if ckpts is not None
-                else "checkpoints are disabled (checkpoint.enabled=false), nothing saved"
-            )
-            _info(f"stopped by {ended} at step {loop.step}; {saved}")
-            return {
-                "interrupted": True,
-                "signal": ended,
-                "step": loop.step,
-                "workdir": workdir,
-            }
+def _population_batches(setup: _Setup, members: list[_Member]) -> Iterator[dict[str, Any]]:
+    """One batch per seed per step, stacked ``[S, B, L, ...]`` (padded to the longest)."""
+    streams = [m.batches for m in members]
+    while True:
+        batches = [next(stream, None) for stream in streams]
+        if any(b is None for b in batches):
+            return
+        yield stack_batches(batches, setup.tasks)
 
-        evals = _evaluate_splits(cfg, suite, tasks, buckets, eval_jit, state, placement)
-        flat = _flat_eval(evals)
-        writer.write({"step": cfg.train.steps, "eval": flat})
-        _save_if_best(ckpts, cfg, flat, state, cfg.train.steps)
-        if ckpts is not None:
-            ckpts.wait()  # summary.json only ever describes checkpoints on disk
 
-        seconds = loop.seconds
-        summary = {
-            "eval": {split: res["metrics"] for split, res in evals.items()},
-            "eval_loss": {split: res["loss"] for split, res in evals.items()},
-            "bayes": {s: suite.bayes.get(s, {}) for s in cfg.train.eval_splits},
-            # Over the steps this process ran (none when only the final evaluation was left):
-            # wall time between log steps, compilation and hooks excluded.
-            "throughput": {
-                "tokens_per_second": loop.tokens / seconds if seconds else math.nan,
-                "step_time_ms_median": median_step_ms(loop),
-                "compile_s": loop.compile_s,
-                # Of the timed seconds, waiting for the next batch (stream and placement).
-                "data_wait_s": loop.data_seconds,
-                "compiled_shapes": len(loop.compiled),
-            },
-            "params_sha256": params_sha256(placement.host(state.params)),
-            "run": {
-                "steps": cfg.train.steps,
-                "resumed_from_step": start if found is not None else None,
-                "tasks": [t.name for t in tasks],
-                "weighting": cfg.weighting.name,
-                "wall_s": time.perf_counter() - wall0,
-                "devices": placement.num_devices,
-                "processes": jax.process_count(),
-                "parallel": placement.mode,
-                "skipped_steps": loop.nonfinite,
-                "platform": jax.devices()[0].platform,
-                "device_kind": jax.devices()[0].device_kind,
-                "jax_version": jax.__version__,
-            },
-        }
-        write_text_atomic(
-            os.path.join(logdir, SUMMARY_FILE),
-            json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False),
-        )
-        if cfg.logging.plots:
-            plot_history(writer.history, os.path.join(logdir, "plots"))
-    finally:
-        stop.restore()
-        if bar is not None:
-            bar.close()
-        if ckpts is not None:
-            ckpts.close()  # finishes pending asynchronous saves, whatever the way out
-        writer.close()
-    if verbose:
-        # The result goes to stdout (``mtlrnn train > log`` keeps it); notices to stderr.
-        print(_report(summary, tasks), flush=True)
-        _info(f"workdir: {workdir}")
+def _wait(members: Sequence[_Member]) -> None:
+    for m in members:
+        if m.ckpts is not None:
+            m.ckpts.wait()
+
+
+def _finish(
+    setup: _Setup, m: _Member, loop: Any, eval_jit: Any, wall0: float, population: int
+) -> dict[str, Any]:
+    """One seed's final evaluation, best checkpoint and summary.json (``loop``: the loop,
+    or the seed's :class:`SeedView` of a population loop)."""
+    cfg, tasks = m.cfg, setup.tasks
+    state = loop.state
+    evals = setup.evaluate(eval_jit, state)
+    flat = _flat_eval(evals)
+    m.writer.write({"step": cfg.train.steps, "eval": flat})
+    _save_if_best(m.ckpts, cfg, flat, setup.placement.unreplicate(state), cfg.train.steps)
+    if m.ckpts is not None:
+        m.ckpts.wait()  # summary.json only ever describes checkpoints on disk
+    seconds = loop.seconds
+    summary = {
+        "eval": {split: res["metrics"] for split, res in evals.items()},
+        "eval_loss": {split: res["loss"] for split, res in evals.items()},
+        "bayes": {s: setup.suite.bayes.get(s, {}) for s in cfg.train.eval_splits},
+        # Over the steps this process ran (none when only the final evaluation was left):
+        # wall time between log steps, compilation and hooks excluded. In a population the
+        # seconds are the population's (one step trains every seed) and the tokens this seed's.
+        "throughput": {
+            "tokens_per_second": loop.tokens / seconds if seconds else math.nan,
+            "step_time_ms_median": median_step_ms(loop),
+            "compile_s": loop.compile_s,
+            # Of the timed seconds, waiting for the next batch (stream and placement).
+            "data_wait_s": loop.data_seconds,
+            "compiled_shapes": len(loop.compiled),
+        },
+        "params_sha256": params_sha256(setup.placement.host(state.params)),
+        "run": {
+            "steps": cfg.train.steps,
+            "resumed_from_step": m.start if m.resumed else None,
+            "tasks": [t.name for t in tasks],
+            "weighting": cfg.weighting.name,
+            "seed": m.seed,
+            "population": population,
+            "wall_s": time.perf_counter() - wall0,
+            "devices": setup.placement.num_devices,
+            "processes": jax.process_count(),
+            "parallel": setup.placement.mode,
+            "skipped_steps": loop.nonfinite,
+            "platform": jax.devices()[0].platform,
+            "device_kind": jax.devices()[0].device_kind,
+            "jax_version": jax.__version__,
+        },
+    }
+    write_text_atomic(
+        os.path.join(m.logdir, SUMMARY_FILE),
+        json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False),
+    )
+    if cfg.logging.plots:
+        plot_history(m.writer.history, os.path.join(m.logdir, "plots"))
     return summary
+
+
+def _result(
+    workdir: str, members: Sequence[_Member], summaries: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """What fit returns: the summary of an ordinary run; for a population, every seed's."""
+    if len(members) == 1:
+        return summaries[0]
+    total = sum(s.get("throughput", {}).get("tokens_per_second", math.nan) for s in summaries)
+    return {
+        "workdir": workdir,
+        "seeds": {str(m.seed): s for m, s in zip(members, summaries, strict=True)},
+        "workdirs": {str(m.seed): m.workdir for m in members},
+        "throughput": {
+            "tokens_per_second": total,
+            "step_time_ms_median": summaries[0].get("throughput", {}).get(
+                "step_time_ms_median", math.nan
+            ),
+        },
+    }
 
 
 def _save_if_best(
@@ -826,50 +1051,66 @@ def _save_if_best(
 
 
 def _run_hooks(
-    cfg: Config,
-    writer: MetricsWriter,
+    setup: _Setup,
+    members: Sequence[_Member],
     bar: Progress | None,
-    ckpts: checkpoint.RunCheckpoints | None,
-    placement: Placement,
     stop: _StopRequest,
     fault: _Fault | None,
+    eval_jit: Any,
     *,
     workdir: str,
     user_hooks: Sequence[Hook],
-    evaluate: Callable[[Any], Mapping[str, float]],
 ) -> list[Hook]:
-    """The hooks of a run, in order: the run's own, the user's, then the stop on a signal
-    (so a user hook sees every step that ran)."""
+    """The hooks of a run, in order: each seed's own (metrics log, evaluation, checkpoints),
+    the profiler and fault hooks, the user's, then the stop on a signal (so a user hook sees
+    every step that ran)."""
+    hooks: list[Hook] = []
+    for i, m in enumerate(members):
+        own = _member_hooks(setup, m, bar if i == 0 else None, eval_jit)
+        hooks += [PerSeed(h, i) for h in own] if setup.population else own
+    cfg = setup.cfg
+    if cfg.logging.profile_steps:
+        start, stop_step = cfg.logging.profile_steps
+        hooks.append(Profile(start, stop_step, os.path.join(workdir, PROFILE_DIR)))
+    if fault is not None:
+        hooks.append(_FaultHook(fault, [m.ckpts for m in members if m.ckpts is not None]))
+    hooks.extend(user_hooks)
+    hooks.append(StopOnSignal(lambda: stop.signal))
+    return hooks
+
+
+def _member_hooks(
+    setup: _Setup, m: _Member, bar: Progress | None, eval_jit: Any
+) -> list[Hook]:
+    cfg, placement = setup.cfg, setup.placement
+
+    def warn(message: str) -> None:
+        _warn(f"{m.label}: {message}" if setup.population else message)
+
     hooks: list[Hook] = [
-        MetricsLog(writer, bar, warn=_warn),
+        MetricsLog(m.writer, bar, warn=warn),
         Evaluate(
             cfg.train.eval_every,
-            evaluate,
-            writer,
+            lambda st: _flat_eval(setup.evaluate(eval_jit, st)),
+            m.writer,
             after=lambda st, flat, step: _save_if_best(
-                ckpts, cfg, flat, placement.unreplicate(st), step
+                m.ckpts, cfg, flat, placement.unreplicate(st), step
             ),
         ),
     ]
-    if ckpts is not None:
+    if m.ckpts is not None:
+        ckpts = m.ckpts
         hooks.append(
             Checkpoints(
                 lambda st, step: ckpts.save(placement.unreplicate(st), step=step),
                 cfg.checkpoint.every,
             )
         )
-    if cfg.logging.profile_steps:
-        start, stop_step = cfg.logging.profile_steps
-        hooks.append(Profile(start, stop_step, os.path.join(workdir, PROFILE_DIR)))
-    if fault is not None:
-        hooks.append(_FaultHook(fault, ckpts))
-    hooks.extend(user_hooks)
-    hooks.append(StopOnSignal(lambda: stop.signal))
     return hooks
 
 
 class _FaultHook(Hook):
-    def __init__(self, fault: _Fault, ckpts: checkpoint.RunCheckpoints | None) -> None:
+    def __init__(self, fault: _Fault, ckpts: Sequence[checkpoint.RunCheckpoints]) -> None:
         self.fault, self.ckpts = fault, ckpts
 
     def on_step(self, loop: Loop) -> None:

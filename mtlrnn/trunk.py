@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from mtlrnn.cells import CELLS
 from mtlrnn.cells import Carry
 from mtlrnn.cells import get_cell
+from mtlrnn.dropout import TimeDropout
 from mtlrnn.fused import fused_recurrence
 from mtlrnn.mincells import MIN_CELLS
 from mtlrnn.mincells import choose_scan
@@ -278,7 +279,9 @@ class Trunk(nn.Module):
       num_layers: stacked layers.
       bidirectional: add a backward direction per layer; outputs are ``[fwd, bwd]``
         concatenated, so the output width is ``2H``.
-      dropout: dropout rate on each layer's output except the last (as in PyTorch).
+      dropout: dropout rate on each layer's output except the last (as in PyTorch); the
+        mask is drawn step by step (:class:`mtlrnn.dropout.TimeDropout`), so padding in time
+        changes no draw on valid steps.
       impl: classic cells: ``fused`` (custom VJP, :mod:`mtlrnn.fused`) or ``autodiff``
         (plain scan, the reference).
       scan: linear cells: ``auto`` (by platform and length), ``sequential``, ``associative``.
@@ -327,7 +330,7 @@ class Trunk(nn.Module):
         directions = ("fwd", "bwd") if self.bidirectional else ("fwd",)
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+                x = TimeDropout(self.dropout)(x, deterministic=not train)
                 x = jnp.where(mask[:, :, None], x, 0)
             params = [
                 jax.tree.map(

@@ -20,6 +20,9 @@ SUMMARY_FILE = "summary.json"
 VOCAB_FILE = "vocab.json"
 CHECKPOINTS = "checkpoints"
 PROFILE_DIR = "profile"
+#: A population run's index of its seeds (``train.num_seeds > 1``; each seed's run is in
+#: ``seed<seed>/``).
+POPULATION_FILE = "population.json"
 
 #: Every name a run creates directly in its workdir.
 RUN_FILES = (
@@ -32,6 +35,7 @@ RUN_FILES = (
     "plots",
     "tensorboard",
     PROFILE_DIR,
+    POPULATION_FILE,
 )
 
 

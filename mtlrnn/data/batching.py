@@ -270,3 +270,49 @@ def eval_batches(
         make_batch(dataset, tasks, idx, length=length, batch_size=batch_size)
         for length, idx in plan
     )
+
+
+def pad_time(batch: Batch, tasks: Sequence[TaskSpec], length: int) -> Batch:
+    """``batch`` padded in time to ``length`` steps (``>=`` its own), as :func:`make_batch`
+    pads: inputs, characters and token-level labels 0, token masks 0; lengths and
+    sequence-level labels and masks unchanged."""
+    current = int(np.shape(batch["inputs"])[1])
+    if length < current:
+        raise ValueError(f"length: cannot pad a batch of {current} steps to {length}")
+    if length == current:
+        return batch
+
+    def pad(x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        widths = [(0, 0)] * x.ndim
+        widths[1] = (0, length - current)
+        return np.pad(x, widths)
+
+    token = {t.name for t in tasks if t.level == "token"}
+    out = dict(batch)
+    out["inputs"] = pad(batch["inputs"])
+    if "chars" in batch:
+        out["chars"] = pad(batch["chars"])
+    for field in ("labels", "masks"):
+        out[field] = {k: pad(v) if k in token else v for k, v in batch[field].items()}
+    return out
+
+
+def stack_batches(batches: Sequence[Batch], tasks: Sequence[TaskSpec]) -> Batch:
+    """One population batch: every leaf ``[S, B, ...]`` from ``S`` batches of equal ``B``,
+    each padded in time to the longest of them (:func:`pad_time`)."""
+    if not batches:
+        raise ValueError("batches: need at least one batch to stack")
+    length = max(int(np.shape(b["inputs"])[1]) for b in batches)
+    padded = [pad_time(b, tasks, length) for b in batches]
+
+    def stack(*leaves: Any) -> np.ndarray:
+        return np.stack([np.asarray(x) for x in leaves])
+
+    out: Batch = {"inputs": stack(*(b["inputs"] for b in padded))}
+    out["lengths"] = stack(*(b["lengths"] for b in padded))
+    for field in ("labels", "masks"):
+        out[field] = {k: stack(*(b[field][k] for b in padded)) for k in padded[0][field]}
+    if "chars" in padded[0]:
+        out["chars"] = stack(*(b["chars"] for b in padded))
+    return out

@@ -176,3 +176,61 @@ def median_step_ms(loop: Loop) -> float:
     """The median over log windows of the mean step time, in ms (nan before any window)."""
     per_step = [seconds / steps for steps, _, seconds, _ in loop.windows if steps]
     return 1e3 * statistics.median(per_step) if per_step else float("nan")
+
+
+class SeedView:
+    """One seed's view of a population :class:`Loop`: ``state`` is that seed's slice of the
+    stacked state, ``nonfinite`` and ``windows`` count its own steps and tokens; everything
+    else (step, total, request_stop, ...) is the loop's."""
+
+    def __init__(self, loop: Loop, index: int) -> None:
+        self._loop, self._index = loop, index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    @property
+    def state(self) -> Any:
+        import jax
+
+        return jax.tree.map(lambda x: x[self._index], self._loop.state)
+
+    @property
+    def nonfinite(self) -> int:
+        return self._loop.seed_nonfinite[self._index]
+
+    @property
+    def windows(self) -> list[tuple[int, int, float, float]]:
+        return [
+            (steps, tokens[self._index], seconds, data_s)
+            for (steps, _, seconds, data_s), tokens in zip(
+                self._loop.windows, self._loop.seed_tokens, strict=True
+            )
+        ]
+
+    @property
+    def tokens(self) -> int:
+        return sum(tokens[self._index] for tokens in self._loop.seed_tokens)
+
+
+class PerSeed(Hook):
+    """``hook`` run for seed ``index`` of a population loop: it sees a :class:`SeedView` of
+    the loop and that seed's window, as if it were the hook of an ordinary run."""
+
+    def __init__(self, hook: Hook, index: int) -> None:
+        self.hook, self.index = hook, index
+
+    def _view(self, loop: Loop) -> Any:
+        return SeedView(loop, self.index)
+
+    def on_start(self, loop: Loop) -> None:
+        self.hook.on_start(self._view(loop))
+
+    def on_log(self, loop: Loop, window: Any) -> None:
+        self.hook.on_log(self._view(loop), window[self.index])
+
+    def on_step(self, loop: Loop) -> None:
+        self.hook.on_step(self._view(loop))
+
+    def on_end(self, loop: Loop) -> None:
+        self.hook.on_end(self._view(loop))

@@ -50,8 +50,10 @@ class Hook:
     def on_start(self, loop: Loop) -> None:
         """Before the first step."""
 
-    def on_log(self, loop: Loop, window: windows.Window) -> None:
-        """At a log step: ``window`` holds the steps since the previous log step."""
+    def on_log(self, loop: Loop, window: Any) -> None:
+        """At a log step: ``window`` (a :class:`~mtlrnn.training.window.Window`; in a
+        population run a list of them, one per seed) holds the steps since the previous log
+        step."""
 
     def on_step(self, loop: Loop) -> None:
         """After each step (``loop.step`` steps done)."""
@@ -77,6 +79,10 @@ class Loop:
       on_nonfinite: ``"skip"`` (count and go on) or ``"stop"``.
       hooks: called in order (see :class:`Hook`).
       on_compile: ``(shape, seconds)`` before (``seconds`` None) and after each compilation.
+      population: for a population step (``S`` seeds stacked on a leading axis of the
+        state, the batches and the metrics), one label per seed (e.g. ``"seed 3"``); empty
+        for an ordinary step. Hooks then get a list of per-seed windows in ``on_log`` (see
+        :class:`mtlrnn.training.hooks.PerSeed`, which gives a hook one seed's view).
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class Loop:
         on_nonfinite: str = "skip",
         hooks: Sequence[Hook] = (),
         on_compile: Callable[[tuple[int, ...], float | None], None] | None = None,
+        population: Sequence[str] = (),
     ) -> None:
         if on_nonfinite not in ("skip", "stop"):
             raise ValueError(f"on_nonfinite: must be skip or stop; got {on_nonfinite!r}")
@@ -107,7 +114,10 @@ class Loop:
         self.stop_reason: str | None = None
         self.compiled: dict[tuple[int, ...], Any] = {}
         self.compile_s = 0.0
-        self.nonfinite = 0  # skipped steps so far (as of the last log step)
+        self.population = tuple(population)
+        self.nonfinite = 0  # skipped steps so far (as of the last log step; all seeds)
+        self.seed_nonfinite = [0] * len(self.population)  # the same per seed
+        self.seed_tokens: list[tuple[int, ...]] = []  # per log window, per seed
         # Per log window: (steps, tokens, seconds, of those seconds the time spent getting
         # the batch from the stream and placing it on the device).
         self.windows: list[tuple[int, int, float, float]] = []
@@ -148,17 +158,29 @@ class Loop:
     def _log(self, acc: Any) -> NonFiniteError | None:
         """Close the window (this waits for the device), call ``on_log``; the failure to
         raise under ``on_nonfinite="stop"``, if any."""
-        window = windows.read(acc, self.task_names)
+        if self.population:
+            seeds = windows.read_population(acc, self.task_names)
+            shown: windows.Window | list[windows.Window] = seeds
+            self.seed_tokens.append(tuple(w.tokens for w in seeds))
+            for i, w in enumerate(seeds):
+                self.seed_nonfinite[i] += w.nonfinite
+        else:
+            seeds = [windows.read(acc, self.task_names)]
+            shown = seeds[0]
         seconds = time.perf_counter() - self._window_t0 - self._excluded
-        self.windows.append((window.steps, window.tokens, max(seconds, 0.0), self._data_s))
-        self.nonfinite += window.nonfinite
+        tokens = sum(w.tokens for w in seeds)
+        self.windows.append((seeds[0].steps, tokens, max(seconds, 0.0), self._data_s))
+        self.nonfinite += sum(w.nonfinite for w in seeds)
         self._excluded = self._data_s = 0.0
         for hook in self.hooks:
-            self._timed(lambda hook=hook: hook.on_log(self, window))
+            self._timed(lambda hook=hook: hook.on_log(self, shown))
         self._window_t0 = time.perf_counter()
-        if window.nonfinite and self.on_nonfinite == "stop":
+        bad = [(i, w) for i, w in enumerate(seeds) if w.nonfinite]
+        if bad and self.on_nonfinite == "stop":
+            i, window = min(bad, key=lambda item: item[1].first_bad_step or 0)
+            who = f"{self.population[i]}: " if self.population else ""
             return NonFiniteError(
-                f"train.on_nonfinite=stop: non-finite {window.nonfinite_what()} at step "
+                f"train.on_nonfinite=stop: {who}non-finite {window.nonfinite_what()} at step "
                 f"{window.first_bad_step}; the update was not applied"
             )
         return None
@@ -178,7 +200,7 @@ class Loop:
         self._excluded = self._data_s = 0.0
         for hook in self.hooks:
             self._timed(lambda hook=hook: hook.on_start(self))
-        acc = windows.init(len(self.task_names))
+        acc = windows.init(len(self.task_names), len(self.population))
         self._window_t0 = time.perf_counter()
         failure: NonFiniteError | None = None
         logged = True
@@ -198,7 +220,7 @@ class Loop:
             logged = self.step % self.log_every == 0 or self.step == self.total
             if logged:
                 failure = self._log(acc)
-                acc = windows.init(len(self.task_names))
+                acc = windows.init(len(self.task_names), len(self.population))
                 if failure is not None:
                     self.stop_reason = "nonfinite"
                     break

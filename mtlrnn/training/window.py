@@ -23,19 +23,24 @@ LAST_KEYS = ("loss", "losses", "weights", "lr", "grad_norm")
 NO_STEP = np.iinfo(np.int32).max
 
 
-def init(num_tasks: int) -> dict[str, Any]:
-    """An empty window for ``num_tasks`` tasks (host numpy; placed on the first fold)."""
+def init(num_tasks: int, population: int = 0) -> dict[str, Any]:
+    """An empty window for ``num_tasks`` tasks (host numpy; placed on the first fold).
+
+    ``population = S > 0``: the window of a population step (metrics with a leading seed
+    axis): every statistic but ``steps`` gets a leading ``[S]`` axis, one row per seed.
+    """
+    lead = (population,) if population else ()
     return {
         "steps": np.int32(0),
-        "tokens": np.int32(0),
-        "nonfinite": np.int32(0),
-        "first_bad_step": np.int32(NO_STEP),
-        "first_bad_finite": np.ones(num_tasks, bool),
-        "loss": np.float32(np.nan),
-        "losses": np.full(num_tasks, np.nan, np.float32),
-        "weights": np.full(num_tasks, np.nan, np.float32),
-        "lr": np.float32(np.nan),
-        "grad_norm": np.float32(np.nan),
+        "tokens": np.zeros(lead, np.int32),
+        "nonfinite": np.zeros(lead, np.int32),
+        "first_bad_step": np.full(lead, NO_STEP, np.int32),
+        "first_bad_finite": np.ones((*lead, num_tasks), bool),
+        "loss": np.full(lead, np.nan, np.float32),
+        "losses": np.full((*lead, num_tasks), np.nan, np.float32),
+        "weights": np.full((*lead, num_tasks), np.nan, np.float32),
+        "lr": np.full(lead, np.nan, np.float32),
+        "grad_norm": np.full(lead, np.nan, np.float32),
     }
 
 
@@ -51,7 +56,9 @@ def _fold(
         "tokens": window["tokens"] + metrics["tokens"].astype(jnp.int32),
         "nonfinite": window["nonfinite"] + bad.astype(jnp.int32),
         "first_bad_step": jnp.where(first, step, window["first_bad_step"]),
-        "first_bad_finite": jnp.where(first, metrics["finite_losses"], window["first_bad_finite"]),
+        "first_bad_finite": jnp.where(
+            first[..., None], metrics["finite_losses"], window["first_bad_finite"]
+        ),
     }
     for key in LAST_KEYS:
         out[key] = jnp.asarray(metrics[key], jnp.float32)
@@ -93,7 +100,22 @@ class Window:
 
 def read(window: Mapping[str, Any], task_names: tuple[str, ...]) -> Window:
     """The host copy of ``window`` (this waits for every step folded into it)."""
+    return _from_host(jax.device_get(dict(window)), task_names)
+
+
+def read_population(window: Mapping[str, Any], task_names: tuple[str, ...]) -> list[Window]:
+    """The host copy of a population window (see :func:`init`): one :class:`Window` per seed."""
     host = jax.device_get(dict(window))
+    rows = len(np.asarray(host["tokens"]))
+    return [
+        _from_host(
+            {k: v if k == "steps" else np.asarray(v)[s] for k, v in host.items()}, task_names
+        )
+        for s in range(rows)
+    ]
+
+
+def _from_host(host: Mapping[str, Any], task_names: tuple[str, ...]) -> Window:
     bad = int(host["first_bad_step"])
     finite = np.asarray(host["first_bad_finite"], bool)
     return Window(
