@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--outdir", required=True, help="the comparison's directory")
     _add_set(cmp, "override config keys in every run (several after one --set; repeatable)")
     cmp.add_argument("--jobs", type=int, default=1, help="runs at once, as subprocesses")
+    cmp.add_argument(
+        "--no-vectorize",
+        dest="vectorize",
+        action="store_false",
+        help="train each seed as its own run (default: a method's seeds train together in "
+        "one vmapped step, train.num_seeds)",
+    )
     cmp.add_argument("--shard", metavar="I/N", help="only runs whose index %% N == I (0-based)")
     cmp.add_argument("--split", default="test", help="evaluation split compared (default: test)")
     cmp.add_argument("--metrics", help="comma-separated metric names (default: all)")
@@ -196,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics=args.metrics,
                 report_only=args.report_only,
                 verbose=not args.quiet,
+                vectorize=args.vectorize,
             )
             if result["failed"]:
                 print(

@@ -40,12 +40,18 @@ locks are only ever created by an exclusive link) and its run resumed. ``--shard
 list up front (runs whose index modulo ``N`` is ``I``); shards on several machines over one
 shared ``<outdir>`` together train every run once.
 
-With ``--jobs N`` the runs are subprocesses and each job slot gets its own accelerators:
-NVIDIA GPUs (``CUDA_VISIBLE_DEVICES`` as given, else ``nvidia-smi -L``) are split into N
-disjoint groups and passed as ``CUDA_VISIBLE_DEVICES``; TPU chips (``TPU_VISIBLE_CHIPS``,
-else ``/dev/accel*`` or ``/dev/vfio/*``) as ``TPU_VISIBLE_CHIPS`` with 1, 2 or 4 chips per
-process (TPU chips cannot be shared: at most one job per chip group runs). More jobs than
-GPUs share them round-robin, with a note on stderr. On CPU nothing changes.
+By default the seeds of one method (or baseline) train together as one population run
+(``train.num_seeds``: one vmapped step over the seeds' stacked states, :func:`mtlrnn.run.fit`)
+into the same ``runs/<m>/seed<seed>`` directories, each an ordinary run equal to a separate
+run of that seed up to float rounding; finished or locked seeds are left out and the rest
+train in blocks of consecutive seeds. ``--no-vectorize`` trains every run on its own.
+
+With ``--jobs N`` the runs (populations) are subprocesses and each job slot gets its own
+accelerators: NVIDIA GPUs (``CUDA_VISIBLE_DEVICES`` as given, else ``nvidia-smi -L``) are
+split into N disjoint groups and passed as ``CUDA_VISIBLE_DEVICES``; TPU chips
+(``TPU_VISIBLE_CHIPS``, else ``/dev/accel*`` or ``/dev/vfio/*``) as ``TPU_VISIBLE_CHIPS``
+with 1, 2 or 4 chips per process (TPU chips cannot be shared: at most one job per chip group
+runs). More jobs than GPUs share them round-robin, with a note on stderr. On CPU nothing changes.
 
 Every file written for the user (``plan.json``, the reports, ``delta_m.png``, each run's
 ``train.log``) is written to a temporary file in its directory and renamed into place
@@ -546,13 +552,27 @@ def _train_in_process(run: Run) -> str | None:
 
 def _train_subprocess(run: Run, lock: Lock, devices: Mapping[str, str]) -> str | None:
     """Train ``run`` with ``python -m mtlrnn.cli train``; the error text on failure."""
+    log = os.path.join(run.workdir, "train.log")
+    return _cli_train(run.config_path, run.overrides, run.workdir, log, [lock], devices)
+
+
+def _cli_train(
+    config_path: str | None,
+    overrides: Sequence[str],
+    workdir: str,
+    log: str,
+    locks: Sequence[Lock],
+    devices: Mapping[str, str],
+) -> str | None:
+    """``python -m mtlrnn.cli train`` into ``workdir``, output in ``log``; the error text on
+    failure, else None. The child is registered with ``locks``."""
     import mtlrnn
 
     cmd = [sys.executable, "-m", "mtlrnn.cli", "train"]
-    if run.config_path is not None:
-        cmd += ["--config", run.config_path]
-    cmd += ["--workdir", run.workdir, "--quiet"]
-    for item in run.overrides:
+    if config_path is not None:
+        cmd += ["--config", config_path]
+    cmd += ["--workdir", workdir, "--quiet"]
+    for item in overrides:
         cmd += ["--set", item]
     env = {**os.environ, **devices}
     # The child must import this very mtlrnn, wherever (or whether) it is installed.
@@ -560,12 +580,12 @@ def _train_subprocess(run: Run, lock: Lock, devices: Mapping[str, str]) -> str |
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     # Runs may share an accelerator: each takes memory as needed instead of 75% of it.
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    os.makedirs(run.workdir, exist_ok=True)
-    log = os.path.join(run.workdir, "train.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
     with atomic_writer(log) as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         try:
-            lock.set_child(proc.pid)
+            for lock in locks:
+                lock.set_child(proc.pid)
             code = proc.wait()
         except BaseException:
             proc.kill()  # an interrupted compare leaves no orphan training the run
@@ -574,6 +594,149 @@ def _train_subprocess(run: Run, lock: Lock, devices: Mapping[str, str]) -> str |
     if code != 0:
         return f"exit code {code}: {_log_tail(log)} (log: {log})"
     return None
+
+
+def _population_overrides(runs: Sequence[Run]) -> tuple[str, ...]:
+    """The overrides of one population run training ``runs`` (consecutive seeds)."""
+    own = tuple(o for o in runs[0].overrides if not o.startswith("train.seed="))
+    return (*own, f"train.seed={runs[0].seed}", f"train.num_seeds={len(runs)}")
+
+
+def _population_key(run: Run) -> tuple[Any, ...]:
+    """Runs with the same key differ only in their seed: one population can train them."""
+    own = tuple(o for o in run.overrides if not o.startswith("train.seed="))
+    return (run.name, run.config_path, own, os.path.dirname(run.workdir))
+
+
+def _units(runs: Sequence[tuple[int, Run]], vectorize: bool) -> list[list[tuple[int, Run]]]:
+    """The plan cut into what one process trains at once: with ``vectorize``, each
+    method's (or baseline's) consecutive seeds together; else one run each."""
+    units: list[list[tuple[int, Run]]] = []
+    for item in runs:
+        last = units[-1][-1][1] if units else None
+        if (
+            vectorize
+            and last is not None
+            and _population_key(last) == _population_key(item[1])
+            and item[1].seed == last.seed + 1
+        ):
+            units[-1].append(item)
+        else:
+            units.append([item])
+    return units
+
+
+def _train_population_in_process(runs: Sequence[Run]) -> str | None:
+    """Train ``runs`` (consecutive seeds of one method) as one population with
+    :func:`mtlrnn.run.fit`; the error text on failure, else None."""
+    from mtlrnn import run as run_module
+
+    parent = os.path.dirname(runs[0].workdir)
+    try:
+        cfg = load_config(runs[0].config_path, _population_overrides(runs))
+        run_module.fit(cfg, parent, verbose=False)
+    except Exception as e:  # one failed population must not stop the others
+        for run in runs:
+            os.makedirs(run.workdir, exist_ok=True)
+            write_text_atomic(os.path.join(run.workdir, "train.log"), traceback.format_exc())
+        return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return None
+
+
+def _train_population_subprocess(
+    runs: Sequence[Run], locks: Sequence[Lock], devices: Mapping[str, str]
+) -> str | None:
+    """:func:`_train_population_in_process` as ``python -m mtlrnn.cli train``; its output
+    goes to ``<method dir>/train-seed<first>-<n>.log``."""
+    parent = os.path.dirname(runs[0].workdir)
+    return _cli_train(
+        runs[0].config_path,
+        _population_overrides(runs),
+        parent,
+        os.path.join(parent, f"train-seed{runs[0].seed}-{len(runs)}.log"),
+        locks,
+        devices,
+    )
+
+
+def _run_population(
+    runs: Sequence[Run],
+    label: str,
+    *,
+    subprocess_mode: bool,
+    verbose: bool,
+    lease_s: float,
+    devices: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Train the runs of one method (consecutive seeds) that are neither finished nor
+    locked, consecutive seeds together as one population run; the status of each run."""
+    status = {run.workdir: "" for run in runs}
+    held: list[tuple[Run, Lock]] = []
+    try:
+        for run in runs:
+            summary = os.path.join(run.workdir, "summary.json")
+            if os.path.isfile(summary):
+                status[run.workdir] = "finished"
+                continue
+            lock_path = f"{run.workdir}.lock"
+            os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+            lock, notes = acquire(lock_path, lease_s)
+            if lock is None:
+                _say(verbose, f"{label} seed {run.seed}: skipped, another process holds "
+                     f"{lock_path}: {notes[0]}")
+                status[run.workdir] = "locked"
+                continue
+            held.append((run, lock))
+            for note in notes:
+                _say(verbose, f"{label} seed {run.seed}: {note}")
+            if os.path.isfile(summary):  # finished by its owner between our check and the lock
+                status[run.workdir] = "finished"
+        todo = [(r, lk) for r, lk in held if not status[r.workdir]]
+        for run, _ in todo:
+            if os.path.exists(run.workdir):
+                _say(verbose, f"{label} seed {run.seed}: {run.workdir} has no summary.json "
+                     "(interrupted); resuming")
+        for block in _consecutive(todo):
+            block_runs = [r for r, _ in block]
+            seeds = ", ".join(str(r.seed) for r in block_runs)
+            where = os.path.dirname(block_runs[0].workdir)
+            _say(verbose, f"{label}: training seed(s) {seeds} in one population -> {where}")
+            t0 = time.perf_counter()
+            if len(block_runs) == 1:
+                error = (
+                    _train_subprocess(block_runs[0], block[0][1], devices or {})
+                    if subprocess_mode
+                    else _train_in_process(block_runs[0])
+                )
+            elif subprocess_mode:
+                error = _train_population_subprocess(
+                    block_runs, [lk for _, lk in block], devices or {}
+                )
+            else:
+                error = _train_population_in_process(block_runs)
+            for run in block_runs:
+                done = os.path.isfile(os.path.join(run.workdir, "summary.json"))
+                if error is None and not done:
+                    error = "stopped before it finished (signal?); rerun compare to resume it"
+                status[run.workdir] = "failed" if error is not None else "trained"
+            if error is not None:
+                print(f"{label} seeds {seeds}: FAILED: {error}", file=sys.stderr, flush=True)
+            else:
+                _say(verbose, f"{label}: seeds {seeds} done in {time.perf_counter() - t0:.1f} s")
+    finally:
+        for _, lock in held:
+            lock.release()
+    return [status[run.workdir] for run in runs]
+
+
+def _consecutive(items: Sequence[tuple[Run, Lock]]) -> list[list[tuple[Run, Lock]]]:
+    blocks: list[list[tuple[Run, Lock]]] = []
+    for item in items:
+        if blocks and item[0].seed == blocks[-1][-1][0].seed + 1:
+            blocks[-1].append(item)
+        else:
+            blocks.append([item])
+    return blocks
 
 
 def _run_one(
@@ -629,6 +792,7 @@ def execute(
     shard: str | tuple[int, int] | None = None,
     verbose: bool = True,
     lock_lease_s: float | None = None,
+    vectorize: bool = True,
 ) -> list[str]:
     """Train the runs that are neither finished nor locked by a live process.
 
@@ -643,6 +807,9 @@ def execute(
       verbose: print one line per run to stderr (failures are printed regardless).
       lock_lease_s: seconds after which a lock held from another host and not renewed is
         stale (None: ``$MTLRNN_LOCK_LEASE_S``, else 300).
+      vectorize: train each method's (and baseline's) seeds of this shard together, as one
+        population run (``train.num_seeds``, one vmapped step: :func:`mtlrnn.run.fit`);
+        False: one process or call per run.
 
     Returns:
       The workdirs of the runs that failed (an exception or a non-zero exit), in plan order.
@@ -659,19 +826,30 @@ def execute(
     if parsed is not None:
         _say(verbose, f"shard {parsed[0]}/{parsed[1]}: {len(mine)} of {total} runs")
 
-    envs = _slot_envs(jobs, os.environ, verbose) if jobs > 1 and len(mine) > 1 else [{}]
+    units = _units(mine, vectorize)
+    envs = _slot_envs(jobs, os.environ, verbose) if jobs > 1 and len(units) > 1 else [{}]
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for slot in range(len(envs)):
         free.put(slot)
 
-    def one(item: tuple[int, Run]) -> str:
-        i, run = item
-        label = f"[{i + 1}/{total}] {run.name} seed {run.seed}"
+    def one(unit: list[tuple[int, Run]]) -> list[str]:
+        (i, run), n = unit[0], len(unit)
         slot = free.get()  # a job slot, and with it the slot's accelerators
         try:
-            return _run_one(
-                run,
-                label,
+            if n == 1:
+                label = f"[{i + 1}/{total}] {run.name} seed {run.seed}"
+                status = _run_one(
+                    run,
+                    label,
+                    subprocess_mode=jobs > 1,
+                    verbose=verbose,
+                    lease_s=lease_s,
+                    devices=envs[slot],
+                )
+                return [status]
+            return _run_population(
+                [r for _, r in unit],
+                f"[{i + 1}-{i + n}/{total}] {run.name}",
                 subprocess_mode=jobs > 1,
                 verbose=verbose,
                 lease_s=lease_s,
@@ -681,10 +859,11 @@ def execute(
             free.put(slot)
 
     if jobs == 1:
-        statuses = [one(item) for item in mine]
+        per_unit = [one(unit) for unit in units]
     else:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(envs)) as pool:
-            statuses = list(pool.map(one, mine))
+            per_unit = list(pool.map(one, units))
+    statuses = [status for unit in per_unit for status in unit]
     counts = {s: statuses.count(s) for s in ("trained", "finished", "locked", "failed")}
     _say(
         verbose,
@@ -794,7 +973,10 @@ def report(
             task: {m: _num(v) for m, v in values.items() if m != "count"}
             for task, values in evals[used].items()
         }
+        # A population run's step trains all its seeds: per seed, its time / population size.
+        population = (summary.get("run") or {}).get("population") or 1
         step_ms[run] = _num((summary.get("throughput") or {}).get("step_time_ms_median"))
+        step_ms[run] /= population if isinstance(population, int) and population > 0 else 1
 
     single_runs = [r for r in runs if r.task is not None and r in scores]
     tasks = list(dict.fromkeys(r.task for r in runs if r.task is not None))
@@ -945,7 +1127,8 @@ def _markdown(result: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> 
         "- M_stl: the single-task baselines' mean over their seeds. Cells: mean ± sample std "
         "over the n seeds; Δ per seed, then mean ± std. single-task row: Δ is 0 by "
         "definition, its std is the baselines' seed noise. step ms: median over the seeds "
-        "of each run's median step time.",
+        "of each run's median step time (a population step, which trains several seeds at "
+        "once, divided by their number).",
         "",
     ]
     header = ["method", "n", *(f"{t}/{m}" for t, m in columns), "Δm% ↓", "Δp ↑", "step ms"]
@@ -1052,6 +1235,7 @@ def compare(
     report_only: bool = False,
     verbose: bool = True,
     lock_lease_s: float | None = None,
+    vectorize: bool = True,
 ) -> dict[str, Any]:
     """``mtlrnn compare``: plan, train what is missing, and report.
 
@@ -1064,7 +1248,7 @@ def compare(
       seeds: seeds per method and per baseline (None: 3).
       outdir: the comparison's directory (``plan.json``, ``runs/``, the report files).
       overrides: ``--set`` overrides shared by every run.
-      jobs, shard, lock_lease_s: see :func:`execute`.
+      jobs, shard, lock_lease_s, vectorize: see :func:`execute`.
       split, metrics: see :func:`report`.
       report_only: train nothing; report on the finished runs.
       verbose: progress lines and the table on stderr.
@@ -1126,6 +1310,13 @@ def compare(
             seeds=sorted({r.seed for r in runs}),
         )
         write_text_atomic(os.path.join(outdir, "plan.json"), json.dumps(payload, indent=2) + "\n")
-        failed = execute(runs, jobs=jobs, shard=shard, verbose=verbose, lock_lease_s=lock_lease_s)
+        failed = execute(
+            runs,
+            jobs=jobs,
+            shard=shard,
+            verbose=verbose,
+            lock_lease_s=lock_lease_s,
+            vectorize=vectorize,
+        )
     result = report(outdir, runs, split=split, metrics=metrics, config_path=path, verbose=verbose)
     return {**result, "failed": failed}

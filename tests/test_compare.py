@@ -8,6 +8,7 @@ summary.json files whose Δm/Δp are computed by hand in the comments.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -178,6 +179,27 @@ def test_rerun_trains_nothing_and_interrupted_run_is_redone(trained, capsys):
     assert [k for k in now if now[k] != mtimes[k]] == ["runs/uw/seed1"]
 
 
+def test_vectorized_compare_gives_the_same_table(trained, tmp_path):
+    # The shard fixture trained every run on its own (a shard holds one seed per method);
+    # here each method's two seeds train as one population: the same numbers.
+    outdir = str(tmp_path / "vec")
+    result = compare(None, ["ew"], 2, outdir, overrides=TINY, verbose=False)
+    assert result["failed"] == []
+    assert os.path.isfile(os.path.join(outdir, "runs", "ew", "population.json"))
+    with open(os.path.join(outdir, "runs", "ew", "seed1", "summary.json")) as f:
+        assert json.load(f)["run"]["population"] == 2
+    alone = {r["method"]: r for r in trained["result"]["rows"]}
+    for row in result["rows"]:
+        other = alone[row["method"]]
+        assert row["n"] == other["n"] == 2
+        for task, metrics in row["scores"].items():
+            for metric, cell in metrics.items():
+                want = other["scores"][task][metric]["mean"]
+                assert cell["mean"] == pytest.approx(want, abs=1e-4)
+        if row["delta_m"]["mean"] is not None:
+            assert row["delta_m"]["mean"] == pytest.approx(other["delta_m"]["mean"], abs=1e-3)
+
+
 def test_report_only_reads_the_plan(trained, capsys):
     outdir = trained["outdir"]
     os.remove(os.path.join(outdir, "compare.csv"))
@@ -218,6 +240,19 @@ def fake_fit(monkeypatch):
     calls = []
 
     def fit(cfg, workdir, *, verbose=True):
+        if cfg.train.num_seeds > 1:  # a population: each seed into <workdir>/seed<seed>
+            return {
+                "seeds": {
+                    str(s): fit(
+                        dataclasses.replace(
+                            cfg, train=dataclasses.replace(cfg.train, seed=s, num_seeds=1)
+                        ),
+                        os.path.join(workdir, f"seed{s}"),
+                        verbose=verbose,
+                    )
+                    for s in range(cfg.train.seed, cfg.train.seed + cfg.train.num_seeds)
+                }
+            }
         calls.append(workdir)
         if cfg.weighting.name == "pcgrad":
             raise RuntimeError("boom")

@@ -485,6 +485,7 @@ class _FakePopen:
 
     def __init__(self, cmd, *, stdout, stderr, env):
         self.workdir = cmd[cmd.index("--workdir") + 1]
+        self.cmd = cmd
         self.pid = os.getpid()
         self.env = env
         key = env.get("CUDA_VISIBLE_DEVICES") or env.get("TPU_VISIBLE_CHIPS") or ""
@@ -498,8 +499,18 @@ class _FakePopen:
 
     def wait(self):
         time.sleep(0.05)
-        with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-            json.dump({"eval": {"test": {"tag0": {"accuracy": 0.5}}}}, f)
+        sets = dict(
+            a.split("=", 1) for a in self.cmd[self.cmd.index("--workdir"):] if "=" in a
+        )
+        count, first = int(sets.get("train.num_seeds", 1)), int(sets.get("train.seed", 0))
+        # A population writes each seed's run into <workdir>/seed<seed>.
+        where = [self.workdir] if count == 1 else [
+            os.path.join(self.workdir, f"seed{s}") for s in range(first, first + count)
+        ]
+        for workdir in where:
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "summary.json"), "w") as f:
+                json.dump({"eval": {"test": {"tag0": {"accuracy": 0.5}}}}, f)
         with self.lock:
             self.running.discard(self.key)
         return 0
@@ -521,7 +532,7 @@ def test_jobs_get_disjoint_gpus(tmp_path, fake_popen, monkeypatch, capsys):
     monkeypatch.setattr(
         compare_module, "visible_accelerators", lambda env: ("cuda", ["0", "1", "2", "3"])
     )
-    assert execute(runs, jobs=2, verbose=True) == []
+    assert execute(runs, jobs=2, verbose=True, vectorize=False) == []
     assert "GPUs per job: 0,1 | 2,3" in capsys.readouterr().err
     assert len(fake_popen.envs) == 8 and fake_popen.overlaps == []
     assert {e["CUDA_VISIBLE_DEVICES"] for e in fake_popen.envs} == {"0,1", "2,3"}
@@ -534,7 +545,7 @@ def test_more_jobs_than_gpus_share_them_and_say_so(tmp_path, fake_popen, monkeyp
     cfg = load_config(None, TINY)
     runs = plan_runs(cfg, None, ["ew"], 2, tmp_path, overrides=TINY)  # 6 runs
     monkeypatch.setattr(compare_module, "visible_accelerators", lambda env: ("cuda", ["7", "9"]))
-    assert execute(runs, jobs=3, verbose=False) == []
+    assert execute(runs, jobs=3, verbose=False, vectorize=False) == []
     assert "only 2 GPU(s); jobs share them round-robin (7, 9)" in capsys.readouterr().err
     assert {e["CUDA_VISIBLE_DEVICES"] for e in fake_popen.envs} <= {"7", "9"}
 
@@ -543,7 +554,7 @@ def test_tpu_chips_are_never_shared(tmp_path, fake_popen, monkeypatch, capsys):
     cfg = load_config(None, TINY)
     runs = plan_runs(cfg, None, ["ew"], 2, tmp_path, overrides=TINY)  # 6 runs
     monkeypatch.setattr(compare_module, "visible_accelerators", lambda env: ("tpu", ["0", "1"]))
-    assert execute(runs, jobs=4, verbose=False) == []
+    assert execute(runs, jobs=4, verbose=False, vectorize=False) == []
     assert "cannot be shared between processes; running 2 job(s) at a time" in (
         capsys.readouterr().err
     )
@@ -552,6 +563,22 @@ def test_tpu_chips_are_never_shared(tmp_path, fake_popen, monkeypatch, capsys):
     assert {e["TPU_VISIBLE_CHIPS"] for e in envs} == {"0", "1"}
     assert {e["TPU_CHIPS_PER_PROCESS_BOUNDS"] for e in envs} == {"1,1,1"}
     assert len({e["TPU_PROCESS_PORT"] for e in envs}) == 2
+
+
+def test_jobs_train_each_method_as_one_population(tmp_path, fake_popen, monkeypatch, capsys):
+    # Vectorized (the default): one subprocess per method and baseline, its seeds together.
+    cfg = load_config(None, TINY)
+    runs = plan_runs(cfg, None, ["ew", "uw"], 2, tmp_path, overrides=TINY)  # 8 runs
+    monkeypatch.setattr(
+        compare_module, "visible_accelerators", lambda env: ("cuda", ["0", "1", "2", "3"])
+    )
+    assert execute(runs, jobs=2, verbose=True) == []
+    assert "runs: 8 trained" in capsys.readouterr().err
+    assert len(fake_popen.envs) == 4 and fake_popen.overlaps == []
+    assert all(os.path.isfile(os.path.join(r.workdir, "summary.json")) for r in runs)
+    assert not any(os.path.exists(r.workdir + ".lock") for r in runs)
+    logs = sorted(os.listdir(os.path.dirname(runs[-1].workdir)))
+    assert "train-seed0-2.log" in logs
 
 
 def test_cpu_jobs_keep_the_environment(tmp_path, fake_popen, monkeypatch):
