@@ -1310,13 +1310,16 @@ def compare(
             seeds=sorted({r.seed for r in runs}),
         )
         write_text_atomic(os.path.join(outdir, "plan.json"), json.dumps(payload, indent=2) + "\n")
+        if vectorize and cfg.train.patience:
+            _say(verbose, "train.patience: early stopping ends a run on its own; each seed "
+                 "trains as its own run (no population)")
         failed = execute(
             runs,
             jobs=jobs,
             shard=shard,
             verbose=verbose,
             lock_lease_s=lock_lease_s,
-            vectorize=vectorize,
+            vectorize=vectorize and not cfg.train.patience,
         )
     result = report(outdir, runs, split=split, metrics=metrics, config_path=path, verbose=verbose)
     return {**result, "failed": failed}

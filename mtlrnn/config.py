@@ -418,6 +418,18 @@ class TrainConfig:
         "on) or stop (at the next log step: save the last good state, exit non-zero naming "
         "the first bad step and its tasks)",
     )
+    patience: int = _opt(
+        0,
+        "early stopping: stop once checkpoint.best_metric has not improved for this many "
+        "evaluations (every train.eval_every steps); 0 = train all train.steps",
+        min=0,
+    )
+    prefetch: int = _opt(
+        2,
+        "batches prepared and placed on the device ahead of the step, in a background "
+        "thread; 0 = each before its step, in the loop",
+        min=0,
+    )
     compile_cache: bool | str = _opt(
         "auto",
         "JAX's persistent compilation cache, so reruns and comparison runs load the compiled "

@@ -71,6 +71,7 @@ from mtlrnn.train import make_optimizer
 from mtlrnn.train import make_train_step
 from mtlrnn.train import params_sha256
 from mtlrnn.training.hooks import Checkpoints
+from mtlrnn.training.hooks import EarlyStop
 from mtlrnn.training.hooks import Evaluate
 from mtlrnn.training.hooks import MetricsLog
 from mtlrnn.training.hooks import PerSeed
@@ -166,6 +167,8 @@ RESUMABLE_KEYS = (
     "train.eval_batch_size",
     "train.on_nonfinite",
     "train.compile_cache",
+    "train.prefetch",
+    "train.patience",  # like train.steps, where the run ends
     # How the trunk is computed, not what it computes (same math up to float rounding).
     "model.impl",
     "model.scan",
@@ -267,6 +270,18 @@ def _check_resumable(meta: Mapping[str, Any], cfg: Config, workdir: str) -> None
 
 def _check_best_metric(cfg: Config, tasks: tuple[TaskSpec, ...]) -> None:
     key = cfg.checkpoint.best_metric
+    if cfg.train.patience and not key:
+        raise ConfigError(
+            f"train.patience: {cfg.train.patience} evaluations without improvement of "
+            "checkpoint.best_metric, but best_metric is ''; set it to the metric to watch, "
+            "e.g. dev/<task>/accuracy (with train.eval_every > 0)"
+        )
+    if cfg.train.patience and cfg.train.num_seeds > 1:
+        raise ConfigError(
+            "train.patience: early stopping ends the whole loop, so it is not available with "
+            f"train.num_seeds={cfg.train.num_seeds} (the seeds would stop at different steps); "
+            "train the seeds as separate runs (train.num_seeds=1; mtlrnn compare does so)"
+        )
     if not key:
         return
     split, task, metric = key.split("/")
@@ -323,13 +338,21 @@ def _restore_for_resume(
         ) from None
 
 
-def _finished_summary(workdir: str, step: int) -> dict[str, Any] | None:
-    """summary.json of the run in ``workdir`` if it describes a run that ended at ``step``."""
+def _finished_summary(workdir: str, step: int, cfg: Config) -> dict[str, Any] | None:
+    """summary.json of the run in ``workdir`` if it describes a run that ended at ``step``
+    and is complete under ``cfg``: ``step`` is ``train.steps``, or the run stopped early
+    there with the same ``train.patience``."""
     path = os.path.join(workdir, SUMMARY_FILE)
     try:
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)
-        return summary if summary["run"]["steps"] == step else None
+        run = summary["run"]
+        if run["steps"] != step:
+            return None
+        early = run.get("stopped_early")
+        if step == cfg.train.steps or (early and early["patience"] == cfg.train.patience):
+            return summary
+        return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -490,7 +513,7 @@ def _existing_run(
     old = load_config(saved)
     old = dataclasses.replace(old, data=absolute_paths(old.data))
     _refuse_changes(trajectory_config(old), cfg, f"the run in {workdir}")
-    summary = _finished_summary(workdir, cfg.train.steps)
+    summary = _finished_summary(workdir, cfg.train.steps, cfg)
     if summary is not None:
         _warn(
             f"the run in {workdir} is already complete (step {cfg.train.steps}); nothing to "
@@ -560,6 +583,8 @@ class _Member:
     resumed: bool = False
     writer: MetricsWriter | None = None
     ckpts: checkpoint.RunCheckpoints | None = None
+    evals: list[tuple[int, dict[str, float]]] = dataclasses.field(default_factory=list)
+    early: EarlyStop | None = None
 
     @property
     def seed(self) -> int:
@@ -708,6 +733,8 @@ def fit(
     eval_jit = setup.placement.compile_eval(make_eval_step(setup.model))
     for m in members:
         kept = _kept_history(m.logdir, start, final=start == cfg.train.steps)
+        # One evaluation per step (an early-stopped run evaluated its last step twice).
+        m.evals = sorted({int(r["step"]): r["eval"] for r in kept if "eval" in r}.items())
         m.writer = MetricsWriter(m.logdir, tensorboard=cfg.logging.tensorboard)
         _replay_history(m.writer, kept)
     bar: Progress | None = None
@@ -745,6 +772,7 @@ def fit(
             ),
             on_compile=_compile_notice(bar),
             population=[m.label for m in members] if population else (),
+            prefetch=cfg.train.prefetch,
         )
         try:
             ended = loop.run()
@@ -757,7 +785,7 @@ def fit(
         if bar is not None:
             bar.close()
         _wait(members)
-        if ended != "completed":
+        if ended not in ("completed", "early_stop"):
             saved = (
                 "checkpoint saved; rerun the same command to resume"
                 if cfg.checkpoint.enabled
@@ -765,6 +793,12 @@ def fit(
             )
             _info(f"stopped by {ended} at step {loop.step}; {saved}")
             return {"interrupted": True, "signal": ended, "step": loop.step, "workdir": workdir}
+        if ended == "early_stop" and members[0].early is not None:
+            early = members[0].early
+            _info(
+                f"early stop at step {loop.step}: {early.metric} has not improved on "
+                f"{early.best} (step {early.best_step}) for {early.patience} evaluations"
+            )
         for i, m in enumerate(members):
             view = SeedView(loop, i) if population else loop
             summaries.append(_finish(setup, m, view, eval_jit, wall0, len(members)))
@@ -901,8 +935,8 @@ def _start_members(
                 "train.num_seeds=1 --workdir <workdir>/seed<s>)"
             ) from None
         _warn(f"{m.workdir}: at step {step}; continuing from step {start} with the other seeds")
-    if start == cfg.train.steps and start > 0:
-        done = [_finished_summary(m.logdir, start) for m in members]
+    if start > 0:
+        done = [_finished_summary(m.logdir, start, cfg) for m in members]
         if all(summary is not None for summary in done):
             where = members[0].workdir if len(members) == 1 else os.path.dirname(members[0].workdir)
             _warn(
@@ -970,10 +1004,11 @@ def _finish(
     or the seed's :class:`SeedView` of a population loop)."""
     cfg, tasks = m.cfg, setup.tasks
     state = loop.state
+    steps = loop.step  # train.steps, or where early stopping ended the run
     evals = setup.evaluate(eval_jit, state)
     flat = _flat_eval(evals)
-    m.writer.write({"step": cfg.train.steps, "eval": flat})
-    _save_if_best(m.ckpts, cfg, flat, setup.placement.unreplicate(state), cfg.train.steps)
+    m.writer.write({"step": steps, "eval": flat})
+    _save_if_best(m.ckpts, cfg, flat, setup.placement.unreplicate(state), steps)
     if m.ckpts is not None:
         m.ckpts.wait()  # summary.json only ever describes checkpoints on disk
     seconds = loop.seconds
@@ -994,7 +1029,8 @@ def _finish(
         },
         "params_sha256": params_sha256(setup.placement.host(state.params)),
         "run": {
-            "steps": cfg.train.steps,
+            "steps": steps,
+            "stopped_early": _early_record(m, steps),
             "resumed_from_step": m.start if m.resumed else None,
             "tasks": [t.name for t in tasks],
             "weighting": cfg.weighting.name,
@@ -1017,6 +1053,20 @@ def _finish(
     if cfg.logging.plots:
         plot_history(m.writer.history, os.path.join(m.logdir, "plots"))
     return summary
+
+
+def _early_record(m: _Member, steps: int) -> dict[str, Any] | None:
+    """Where and why early stopping ended the run (None: it ran to train.steps)."""
+    early = m.early
+    if early is None or steps >= m.cfg.train.steps:
+        return None
+    return {
+        "step": steps,
+        "patience": early.patience,
+        "metric": early.metric,
+        "best": early.best,
+        "best_step": early.best_step,
+    }
 
 
 def _result(
@@ -1087,17 +1137,24 @@ def _member_hooks(
     def warn(message: str) -> None:
         _warn(f"{m.label}: {message}" if setup.population else message)
 
-    hooks: list[Hook] = [
-        MetricsLog(m.writer, bar, warn=warn),
-        Evaluate(
-            cfg.train.eval_every,
-            lambda st: _flat_eval(setup.evaluate(eval_jit, st)),
-            m.writer,
-            after=lambda st, flat, step: _save_if_best(
-                m.ckpts, cfg, flat, placement.unreplicate(st), step
-            ),
+    evaluate = Evaluate(
+        cfg.train.eval_every,
+        lambda st: _flat_eval(setup.evaluate(eval_jit, st)),
+        m.writer,
+        after=lambda st, flat, step: _save_if_best(
+            m.ckpts, cfg, flat, placement.unreplicate(st), step
         ),
-    ]
+    )
+    hooks: list[Hook] = [MetricsLog(m.writer, bar, warn=warn), evaluate]
+    if cfg.train.patience:
+        m.early = EarlyStop(
+            evaluate,
+            cfg.checkpoint.best_metric,
+            cfg.checkpoint.best_mode,
+            cfg.train.patience,
+            history=m.evals,
+        )
+        hooks.append(m.early)
     if m.ckpts is not None:
         ckpts = m.ckpts
         hooks.append(

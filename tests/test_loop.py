@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from mtlrnn.config import ConfigError
 from mtlrnn.config import apply_overrides
 from mtlrnn.run import fit
 from mtlrnn.training import window as windows
 from mtlrnn.training.loop import Hook
+from mtlrnn.training.prefetch import Prefetch
 
 
 class _HostReads:
@@ -86,6 +90,45 @@ def test_a_user_hook_stops_the_run_with_a_checkpoint_and_the_rerun_resumes(tiny_
     whole = fit(cfg, tmp_path / "whole", verbose=False)
     assert resumed["run"]["resumed_from_step"] == 3
     assert resumed["params_sha256"] == whole["params_sha256"]
+    # Batches prepared in the loop instead of the prefetch thread: the same run.
+    inline = fit(apply_overrides(cfg, ["train.prefetch=0"]), tmp_path / "inline", verbose=False)
+    assert inline["params_sha256"] == whole["params_sha256"]
+
+
+def test_prefetch_keeps_order_raises_where_the_stream_fails_and_stops():
+    placed = []
+
+    def place(batch):
+        placed.append(batch["i"])
+        return {"i": jnp.asarray(batch["i"])}
+
+    def stream(fail_at=None):
+        i = 0
+        while True:
+            if i == fail_at:
+                raise ValueError(f"bad batch {i}")
+            yield {"i": i}
+            i += 1
+
+    with Prefetch(iter([{"i": 0}, {"i": 1}, {"i": 2}]), place, depth=2) as feed:
+        got = [(b["i"], int(d["i"])) for b, d in feed]
+    assert got == [(0, 0), (1, 1), (2, 2)]
+    with Prefetch(stream(fail_at=3), place, depth=2) as feed:
+        assert [next(feed)[0]["i"] for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(ValueError, match="bad batch 3"):
+            next(feed)
+        with pytest.raises(StopIteration):
+            next(feed)
+    # An endless stream: the thread reads at most ``depth`` (+1 in hand) ahead and stops.
+    placed.clear()
+    feed = Prefetch(stream(), place, depth=2)
+    assert next(feed)[0]["i"] == 0
+    time.sleep(0.2)
+    assert len(placed) <= 4
+    feed.close()
+    assert not feed._thread.is_alive()
+    with pytest.raises(ValueError, match="depth"):
+        Prefetch(stream(), place, depth=0)
 
 
 def _reference_window(steps: list[dict], task_names):
@@ -157,3 +200,51 @@ def test_profile_steps_must_be_a_range():
     for bad in ("[3]", "[4,2]", "[-1,2]"):
         with pytest.raises(ConfigError, match=r"logging.profile_steps: must be \[\] or \[A, B\]"):
             load_config(None, [f"logging.profile_steps={bad}"])
+
+
+def test_early_stopping_ends_the_run_and_a_rerun_reports_it_complete(tiny_config, tmp_path):
+    # Learning rate ~0: the watched metric never improves after the first evaluation (step 2),
+    # so with patience 2 the run stops at the evaluation of step 6.
+    cfg = apply_overrides(
+        tiny_config,
+        [
+            "train.steps=40",
+            "train.eval_every=2",
+            "train.patience=2",
+            "optimizer.learning_rate=1e-12",
+            "checkpoint.best_metric=dev/tag0/accuracy",
+        ],
+    )
+    summary = fit(cfg, tmp_path / "w", verbose=False)
+    early = summary["run"]["stopped_early"]
+    assert summary["run"]["steps"] == 6
+    assert (early["step"], early["best_step"], early["patience"]) == (6, 2, 2)
+    assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) >= ["6", "best"]
+    records = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 6
+    # Complete: the same config trains nothing more.
+    again = fit(cfg, tmp_path / "w", verbose=False)
+    assert again["run"] == summary["run"]
+    # More patience continues from step 6, with the evaluations so far counted: it stops at 8.
+    more = fit(apply_overrides(cfg, ["train.patience=3"]), tmp_path / "w", verbose=False)
+    assert more["run"]["resumed_from_step"] == 6 and more["run"]["steps"] == 8
+    assert more["run"]["stopped_early"]["best_step"] == 2
+
+
+def test_early_stopping_needs_a_metric_and_one_seed(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"train.patience: .*best_metric is ''"):
+        fit(apply_overrides(tiny_config, ["train.patience=2"]), tmp_path / "a", verbose=False)
+    with pytest.raises(ConfigError, match=r"train.patience: .*train.num_seeds=2"):
+        fit(
+            apply_overrides(
+                tiny_config,
+                [
+                    "train.patience=2",
+                    "train.num_seeds=2",
+                    "train.eval_every=2",
+                    "checkpoint.best_metric=dev/tag0/accuracy",
+                ],
+            ),
+            tmp_path / "b",
+            verbose=False,
+        )

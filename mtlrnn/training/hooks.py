@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from mtlrnn.training.loop import Hook
@@ -91,14 +92,69 @@ class Evaluate(Hook):
         after: Callable[[Any, Mapping[str, float], int], None] | None = None,
     ) -> None:
         self.every, self.evaluate, self.writer, self.after = every, evaluate, writer, after
+        self.last: tuple[int, Mapping[str, float]] | None = None  # (step, metrics)
 
     def on_step(self, loop: Loop) -> None:
         if not self.every or loop.step % self.every or loop.step >= loop.total:
             return
         flat = self.evaluate(loop.state)
+        self.last = (loop.step, flat)
         self.writer.write({"step": loop.step, "eval": dict(flat)})
         if self.after is not None:
             self.after(loop.state, flat, loop.step)
+
+
+class EarlyStop(Hook):
+    """Stop the loop (reason ``"early_stop"``) once ``metric`` of the evaluations of
+    ``evaluate`` (an :class:`Evaluate` earlier in the hook list) has not improved on its best
+    for ``patience`` evaluations in a row. ``history``: the evaluations before this loop's
+    first step (a resumed run's), as ``(step, metrics)``, so a resume stops where the
+    uninterrupted run would.
+
+    Attributes:
+      best, best_step: the best value so far and its step (None before any evaluation).
+      stopped_at: the step it stopped the loop at, or None.
+    """
+
+    def __init__(
+        self,
+        evaluate: Evaluate,
+        metric: str,
+        mode: str,
+        patience: int,
+        history: Sequence[tuple[int, Mapping[str, float]]] = (),
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode: must be max or min; got {mode!r}")
+        self.evaluate, self.metric, self.mode, self.patience = evaluate, metric, mode, patience
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.since = 0  # evaluations since the best
+        self.stopped_at: int | None = None
+        for step, flat in history:
+            self._see(step, flat)
+
+    def _see(self, step: int, flat: Mapping[str, float]) -> None:
+        value = flat.get(self.metric)
+        if value is None or value != value:  # missing or NaN: no improvement
+            self.since += 1
+            return
+        better = self.best is None or (
+            value > self.best if self.mode == "max" else value < self.best
+        )
+        if better:
+            self.best, self.best_step, self.since = float(value), step, 0
+        else:
+            self.since += 1
+
+    def on_step(self, loop: Loop) -> None:
+        last = self.evaluate.last
+        if last is None or last[0] != loop.step:
+            return
+        self._see(*last)
+        if self.since >= self.patience:
+            self.stopped_at = loop.step
+            loop.request_stop("early_stop")
 
 
 class Checkpoints(Hook):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mtlrnn.training import window as windows
+from mtlrnn.training.prefetch import Prefetch
 
 
 class NonFiniteError(RuntimeError):
@@ -83,6 +84,8 @@ class Loop:
         state, the batches and the metrics), one label per seed (e.g. ``"seed 3"``); empty
         for an ordinary step. Hooks then get a list of per-seed windows in ``on_log`` (see
         :class:`mtlrnn.training.hooks.PerSeed`, which gives a hook one seed's view).
+      prefetch: batches prepared and placed ahead in a background thread
+        (:class:`mtlrnn.training.prefetch.Prefetch`); 0: each in the loop, before its step.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class Loop:
         hooks: Sequence[Hook] = (),
         on_compile: Callable[[tuple[int, ...], float | None], None] | None = None,
         population: Sequence[str] = (),
+        prefetch: int = 2,
     ) -> None:
         if on_nonfinite not in ("skip", "stop"):
             raise ValueError(f"on_nonfinite: must be skip or stop; got {on_nonfinite!r}")
@@ -115,6 +119,7 @@ class Loop:
         self.compiled: dict[tuple[int, ...], Any] = {}
         self.compile_s = 0.0
         self.population = tuple(population)
+        self.prefetch = prefetch
         self.nonfinite = 0  # skipped steps so far (as of the last log step; all seeds)
         self.seed_nonfinite = [0] * len(self.population)  # the same per seed
         self.seed_tokens: list[tuple[int, ...]] = []  # per log window, per seed
@@ -204,30 +209,38 @@ class Loop:
         self._window_t0 = time.perf_counter()
         failure: NonFiniteError | None = None
         logged = True
-        batches = iter(self.batches)
-        while self.step < self.total:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            device_batch = self.place(batch)
-            self._data_s += time.perf_counter() - t0
-            compiled = self._compiled_for(batch, device_batch)
-            self.state, metrics = compiled(self.state, device_batch)
-            self.step += 1
-            tree, lead = self.device_metrics(metrics)
-            acc = windows.fold(acc, tree, np.int32(self.step), lead)
-            logged = self.step % self.log_every == 0 or self.step == self.total
-            if logged:
-                failure = self._log(acc)
-                acc = windows.init(len(self.task_names), len(self.population))
-                if failure is not None:
-                    self.stop_reason = "nonfinite"
+        feed: Any = (
+            Prefetch(self.batches, self.place, self.prefetch)
+            if self.prefetch
+            else ((b, self.place(b)) for b in self.batches)
+        )
+        try:
+            while self.step < self.total:
+                t0 = time.perf_counter()
+                item = next(feed, None)
+                if item is None:
                     break
-            for hook in self.hooks:
-                self._timed(lambda hook=hook: hook.on_step(self))
-            if self.stop_reason is not None:
-                break
+                batch, device_batch = item
+                self._data_s += time.perf_counter() - t0
+                compiled = self._compiled_for(batch, device_batch)
+                self.state, metrics = compiled(self.state, device_batch)
+                self.step += 1
+                tree, lead = self.device_metrics(metrics)
+                acc = windows.fold(acc, tree, np.int32(self.step), lead)
+                logged = self.step % self.log_every == 0 or self.step == self.total
+                if logged:
+                    failure = self._log(acc)
+                    acc = windows.init(len(self.task_names), len(self.population))
+                    if failure is not None:
+                        self.stop_reason = "nonfinite"
+                        break
+                for hook in self.hooks:
+                    self._timed(lambda hook=hook: hook.on_step(self))
+                if self.stop_reason is not None:
+                    break
+        finally:
+            if isinstance(feed, Prefetch):
+                feed.close()
         if not logged:  # stopped between log steps: the partial window is logged too
             failure = self._log(acc)
             if failure is not None:
