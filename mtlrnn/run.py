@@ -60,6 +60,7 @@ from mtlrnn.reporting import result_table
 from mtlrnn.sources import Data
 from mtlrnn.sources import absolute_paths
 from mtlrnn.sources import check_labels
+from mtlrnn.sources import data_sha256
 from mtlrnn.sources import load_data
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.train import TrainState
@@ -199,8 +200,9 @@ def _config_sha256(values: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _run_meta(cfg: Config) -> dict[str, Any]:
-    """The JSON meta item stored with every checkpoint of a run (its step is added per save)."""
+def _run_meta(cfg: Config, data_sha: str | None = None) -> dict[str, Any]:
+    """The JSON meta item stored with every checkpoint of a run (its step is added per save);
+    ``data_sha``: the fingerprint of data given to ``fit(data=...)``."""
     from mtlrnn import __version__
 
     frozen = trajectory_config(cfg)
@@ -209,6 +211,7 @@ def _run_meta(cfg: Config) -> dict[str, Any]:
         "batch_size": cfg.train.batch_size,
         "config_sha256": _config_sha256(frozen),
         "config": frozen,
+        "data_sha256": data_sha,
         "mtlrnn_version": __version__,
         "jax_version": jax.__version__,
     }
@@ -254,8 +257,12 @@ def _refuse_changes(old_flat: Mapping[str, Any], cfg: Config, where: str) -> Non
     )
 
 
-def _check_resumable(meta: Mapping[str, Any], cfg: Config, workdir: str) -> None:
-    """Raise ConfigError when ``cfg`` would not continue the run whose checkpoint has ``meta``."""
+def _check_resumable(
+    meta: Mapping[str, Any], cfg: Config, workdir: str, data_sha: str | None = None
+) -> None:
+    """Raise ConfigError when ``cfg`` (and the data of ``fit(data=...)``, fingerprint
+    ``data_sha``) would not continue the run whose checkpoint has ``meta``."""
+    _check_same_data(meta.get("data_sha256"), data_sha, workdir)
     old = meta.get("config")
     if not isinstance(old, Mapping):
         raise ConfigError(
@@ -266,6 +273,23 @@ def _check_resumable(meta: Mapping[str, Any], cfg: Config, workdir: str) -> None
     if meta.get("config_sha256") == _config_sha256(trajectory_config(cfg)):
         return
     _refuse_changes(old, cfg, f"the run in {workdir} (checkpoint at step {meta.get('step')})")
+
+
+def _check_same_data(old: str | None, new: str | None, workdir: str) -> None:
+    """Raise ConfigError when a run in ``workdir`` trained on other data than ``new`` (the
+    fingerprint of ``fit(data=...)``'s data; None: the config's data)."""
+    if old == new:
+        return
+    if new is None:
+        what = "was trained on data given to fit(data=...), not on the config's data"
+    elif old is None:
+        what = "was trained on its config's data, not on data given to fit(data=...)"
+    else:
+        what = "was trained on other data than the data given to fit(data=...)"
+    raise ConfigError(
+        f"data: the run in {workdir} {what}; continue it with the same data, or use another "
+        "workdir or overwrite=True"
+    )
 
 
 def _check_best_metric(cfg: Config, tasks: tuple[TaskSpec, ...]) -> None:
@@ -320,14 +344,14 @@ def _info(message: str) -> None:
 
 
 def _restore_for_resume(
-    ckpt_dir: str, target: TrainState, cfg: Config, workdir: str
+    ckpt_dir: str, target: TrainState, cfg: Config, workdir: str, data_sha: str | None = None
 ) -> tuple[TrainState, dict[str, Any]] | None:
     """The latest good checkpoint of the run in ``workdir`` (see :func:`fit`), or None."""
     try:
         return checkpoint.restore_latest_good(
             ckpt_dir,
             target,
-            check_meta=lambda meta: _check_resumable(meta, cfg, workdir),
+            check_meta=lambda meta: _check_resumable(meta, cfg, workdir, data_sha),
             warn=_warn,
         )
     except RuntimeError as e:
@@ -546,6 +570,7 @@ class _Setup:
     optimizer: Any
     schedule: Any
     population: bool
+    data_sha: str | None = None  # the fingerprint of fit(data=...)'s data
 
     def stream(self, seed: int, step: int) -> Iterator[dict[str, Any]]:
         """Seed ``seed``'s training batches from step ``step`` on."""
@@ -617,6 +642,7 @@ def fit(
     verbose: bool = True,
     overwrite: bool = False,
     hooks: Sequence[Hook] = (),
+    data: Data | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run; returns the summary (also written to summary.json).
 
@@ -679,6 +705,11 @@ def fit(
         own (metrics log, evaluation, checkpoints) at each step; e.g. a logger of your own, or
         one that calls ``loop.request_stop(reason)``. In a population run they see the whole
         population (wrap one in :class:`mtlrnn.training.hooks.PerSeed` for one seed's view).
+      data: train on this :class:`mtlrnn.sources.Data` (in memory) instead of ``config.data``.
+        Its fingerprint (:func:`mtlrnn.sources.data_sha256`) goes into the checkpoints and
+        ``summary.json`` (``run.data_sha256``): the run resumes, or is reported complete, only
+        with the same data. ``mtlrnn eval`` and ``predict`` read the config's data, so
+        evaluate such a run with :func:`evaluate` ``(workdir, data=...)``.
     """
     if verbose:
         configure_logging(force=False)
@@ -688,6 +719,7 @@ def fit(
     # Multi-host: every process trains and checkpoints into the shared checkpoints/; only
     # process 0 writes the workdir's files, the others keep theirs under process-<id>/.
     initialize_distributed(cfg.parallel)
+    data_sha = data_sha256(data) if data is not None else None
     members = _members(cfg, workdir)
     population = len(members) > 1
     if population and any(name != POPULATION_FILE for name in run_files(workdir)):
@@ -701,19 +733,20 @@ def fit(
         for m in members
     ]
     if all(summary is not None for summary in done):
-        return _result(workdir, members, done)
+        return _complete(workdir, members, done, data_sha)
     wall0 = time.perf_counter()
 
-    setup = _setup(cfg, population)  # everything that fails on user input, before compiling
+    # Everything that fails on user input, before compiling.
+    setup = _setup(cfg, population, data, data_sha)
     fault = _Fault.from_env()
     if resumable:
         for m in members:
             meta = checkpoint.read_latest_meta(m.ckpt_dir)
             if meta is not None:
-                _check_resumable(meta, m.cfg, m.workdir)  # before building anything
+                _check_resumable(meta, m.cfg, m.workdir, data_sha)  # before building anything
     complete = _start_members(setup, members, resumable)
     if complete is not None:
-        return _result(workdir, members, complete)
+        return _complete(workdir, members, complete, data_sha)
     start = members[0].start
 
     for m in members:
@@ -748,7 +781,7 @@ def fit(
                     m.ckpt_dir,
                     keep=cfg.checkpoint.keep,
                     async_save=cfg.checkpoint.async_save,
-                    meta=_run_meta(m.cfg),
+                    meta=_run_meta(m.cfg, setup.data_sha),
                     best_metric=cfg.checkpoint.best_metric,
                     best_mode=cfg.checkpoint.best_mode,
                     warn=_warn,
@@ -826,9 +859,11 @@ def fit(
     return result
 
 
-def _setup(cfg: Config, population: bool) -> _Setup:
-    """Check the config against the data and build what every seed shares (no compilation:
-    everything that can fail on user input fails here)."""
+def _setup(
+    cfg: Config, population: bool, data: Data | None = None, data_sha: str | None = None
+) -> _Setup:
+    """Check the config against the data (``data``, else the config's) and build what every
+    seed shares (no compilation: everything that can fail on user input fails here)."""
     try:
         compile_cache.enable(cfg.train.compile_cache)
     except OSError as e:
@@ -836,7 +871,7 @@ def _setup(cfg: Config, population: bool) -> _Setup:
             f"train.compile_cache: cannot use {cfg.train.compile_cache!r} ({e.strerror}); "
             "give a writable directory, or off"
         ) from None
-    suite = load_data(cfg.data)
+    suite = data if data is not None else load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     strategy = build_strategy(cfg.weighting, tasks)
     if cfg.weighting.chunk_size and len(tasks) % cfg.weighting.chunk_size:
@@ -870,6 +905,7 @@ def _setup(cfg: Config, population: bool) -> _Setup:
         optimizer=optimizer,
         schedule=schedule,
         population=population,
+        data_sha=data_sha,
     )
 
 
@@ -907,7 +943,11 @@ def _start_members(
         fresh.append(state)
         firsts.append((first, stream))
         leftovers = resumable and checkpoint.has_checkpoints(m.ckpt_dir)
-        got = _restore_for_resume(m.ckpt_dir, state, m.cfg, m.workdir) if leftovers else None
+        got = (
+            _restore_for_resume(m.ckpt_dir, state, m.cfg, m.workdir, setup.data_sha)
+            if leftovers
+            else None
+        )
         if leftovers and got is None:
             _warn(f"no finished checkpoint in {m.ckpt_dir}; starting the run from step 0")
         found.append(got)
@@ -1036,6 +1076,7 @@ def _finish(
             "weighting": cfg.weighting.name,
             "seed": m.seed,
             "population": population,
+            "data_sha256": setup.data_sha,
             "wall_s": time.perf_counter() - wall0,
             "devices": setup.placement.num_devices,
             "processes": jax.process_count(),
@@ -1067,6 +1108,18 @@ def _early_record(m: _Member, steps: int) -> dict[str, Any] | None:
         "best": early.best,
         "best_step": early.best_step,
     }
+
+
+def _complete(
+    workdir: str,
+    members: Sequence[_Member],
+    summaries: Sequence[dict[str, Any]],
+    data_sha: str | None,
+) -> dict[str, Any]:
+    """What fit returns for a run that is already complete, after checking its data."""
+    for m, summary in zip(members, summaries, strict=True):
+        _check_same_data((summary.get("run") or {}).get("data_sha256"), data_sha, m.workdir)
+    return _result(workdir, members, summaries)
 
 
 def _result(
@@ -1292,6 +1345,13 @@ def restore_state(
     return found[0]
 
 
+def _latest_meta(workdir: str) -> dict[str, Any] | None:
+    try:
+        return checkpoint.read_latest_meta(os.path.join(workdir, "checkpoints"))
+    except Exception:  # unreadable: restore_state says what is wrong
+        return None
+
+
 def load_run(workdir: str | os.PathLike) -> Config:
     """The config of the run in ``workdir`` (its resolved_config.yaml; config.yaml for a run
     written by mtlrnn 0.1.0)."""
@@ -1304,17 +1364,31 @@ def load_run(workdir: str | os.PathLike) -> Config:
 
 
 def evaluate(
-    workdir: str | os.PathLike, *, verbose: bool = True, checkpoint: str | int = "latest"
+    workdir: str | os.PathLike,
+    *,
+    verbose: bool = True,
+    checkpoint: str | int = "latest",
+    data: Data | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (``latest``, ``best`` or a step; see :func:`restore_state`) of
-    the run in ``workdir`` on its eval splits.
+    the run in ``workdir`` on its eval splits (of ``data`` for a run trained with
+    ``fit(data=...)``: the same data is required).
 
     Returns ``{"eval": {split: {task: {metric: value}}}, "step": int, "checkpoint": which}``.
     """
     workdir = os.fspath(workdir)
     which = parse_checkpoint(checkpoint)
     cfg = load_run(workdir)
-    suite = load_data(cfg.data)
+    meta = _latest_meta(workdir)
+    if meta is not None:
+        trained_on = meta.get("data_sha256")
+        if trained_on is not None and data is None:
+            raise ConfigError(
+                f"--workdir: the run in {workdir} was trained on data given to "
+                "fit(data=...); evaluate it with mtlrnn.evaluate(workdir, data=...)"
+            )
+        _check_same_data(trained_on, None if data is None else data_sha256(data), workdir)
+    suite = data if data is not None else load_data(cfg.data)
     tasks = resolve_tasks(cfg.tasks, suite.tasks)
     buckets = resolve_buckets(suite, cfg.data.buckets, ("train", *cfg.train.eval_splits))
     placement = Placement(

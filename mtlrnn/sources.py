@@ -15,6 +15,7 @@ Relative paths in the config are resolved against the current directory;
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -262,3 +263,30 @@ def check_labels(
                     "the model can only learn to predict it"
                 )
     return warnings
+
+
+def data_sha256(data: Data) -> str:
+    """A fingerprint of ``data``'s tasks and every split's inputs, labels, masks and
+    characters (what a run trains and is evaluated on), for data given in memory."""
+    digest = hashlib.sha256()
+    digest.update(repr(data.tasks).encode())
+    digest.update(f"{data.vocab_size} {data.num_features} {data.char_vocab_size}".encode())
+
+    def add(name: str, value: Any) -> None:
+        digest.update(name.encode())
+        parts = [value] if isinstance(value, np.ndarray) else list(value)
+        for part in parts:
+            arr = np.ascontiguousarray(np.asarray(part))
+            digest.update(f"{arr.dtype}{arr.shape}".encode())
+            digest.update(arr.tobytes())
+
+    for split in sorted(data.splits):
+        ds = data.splits[split]
+        add(f"{split}/inputs", ds.inputs)
+        for task in sorted(ds.labels):
+            add(f"{split}/labels/{task}", ds.labels[task])
+        for task in sorted(ds.masks):
+            add(f"{split}/masks/{task}", ds.masks[task])
+        if ds.chars is not None:
+            add(f"{split}/chars", ds.chars)
+    return digest.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -248,3 +249,32 @@ def test_early_stopping_needs_a_metric_and_one_seed(tiny_config, tmp_path):
             tmp_path / "b",
             verbose=False,
         )
+
+
+def test_fit_on_data_in_memory(tiny_config, tmp_path):
+    from mtlrnn.run import evaluate
+    from mtlrnn.run import load_suite
+    from mtlrnn.sources import data_sha256
+
+    cfg = apply_overrides(tiny_config, ["train.steps=4"])
+    suite = load_suite(cfg)
+    from_config = fit(cfg, tmp_path / "cfg", verbose=False)
+    given = fit(cfg, tmp_path / "mem", verbose=False, data=suite)
+    assert given["params_sha256"] == from_config["params_sha256"]
+    assert given["run"]["data_sha256"] == data_sha256(suite)
+    assert from_config["run"]["data_sha256"] is None
+    # Other data: a resume or a rerun of the complete run is refused, naming the data.
+    fewer = dataclasses.replace(
+        suite, splits={**suite.splits, "train": suite.splits["train"].subset(range(100))}
+    )
+    assert data_sha256(fewer) != data_sha256(suite)
+    with pytest.raises(ConfigError, match="data: the run in .* other data"):
+        fit(cfg, tmp_path / "mem", verbose=False, data=fewer)
+    with pytest.raises(ConfigError, match="data: the run in .* fit\\(data=...\\)"):
+        fit(apply_overrides(cfg, ["train.steps=6"]), tmp_path / "mem", verbose=False)
+    longer = fit(apply_overrides(cfg, ["train.steps=6"]), tmp_path / "mem", verbose=False,
+                 data=suite)
+    assert longer["run"]["resumed_from_step"] == 4
+    with pytest.raises(ConfigError, match="evaluate it with mtlrnn.evaluate"):
+        evaluate(tmp_path / "mem", verbose=False)
+    assert evaluate(tmp_path / "mem", verbose=False, data=suite)["step"] == 6
