@@ -72,14 +72,17 @@ def _to_storable(state: TrainState) -> dict[str, Any]:
 def save(mngr: ocp.CheckpointManager, state: TrainState, meta: Mapping[str, Any]) -> int:
     """Save ``state`` and the JSON ``meta`` under ``state.step``; returns the step.
 
-    The state is copied to host memory first: the train step donates its buffers, and an
-    asynchronous write must not read arrays that the next step overwrites. Asynchronous
-    when the manager is; call ``mngr.wait_until_finished()``.
+    The arrays are handed to orbax as they are, sharded or not: each process writes the
+    shards it holds (so a state sharded across processes is saved without gathering it).
+    Orbax copies them to host memory before ``save`` returns (its synchronous transfer), so
+    the next train step may donate their buffers while the write goes on in the background
+    (tests/test_checkpoint_async.py). Asynchronous when the manager is; call
+    ``mngr.wait_until_finished()``.
     """
     step = int(state.step)
-    host = jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(_to_storable(state)))
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave({**meta, "step": step})
+        state=ocp.args.StandardSave(_to_storable(state)),
+        meta=ocp.args.JsonSave({**meta, "step": step}),
     )
     mngr.save(step, args=args, force=True)
     return step
@@ -98,8 +101,9 @@ def restore(
 ) -> TrainState:
     """Restore the checkpoint at ``step`` (default: latest) into the structure of ``target``.
 
-    The arrays come back in host memory (numpy; the PRNG key as a key array), for the
-    caller to place, e.g. with ``jax.device_put``, exactly as a freshly created state.
+    Each array comes back with the sharding of ``target``'s (a fresh state: on one device,
+    for the caller to place like a fresh one; a placed state: directly onto its devices,
+    each process reading only its shards).
 
     Raises:
       FileNotFoundError: no checkpoint exists.
@@ -107,9 +111,9 @@ def restore(
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_storable(target))
+    abstract = jax.tree.map(_abstract, _to_storable(target))
     raw = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    raw = jax.device_get(raw["state"])
+    raw = raw["state"]
     if int(raw["step"]) != step:
         raise ValueError(f"state holds step {int(raw['step'])}, not {step}")
     return target.replace(
@@ -119,6 +123,13 @@ def restore(
         weight_state=raw["weight_state"],
         rng=jax.random.wrap_key_data(raw["rng"]),
     )
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    """What to restore ``x`` as: its shape, dtype and (for a device array) sharding."""
+    sharding = getattr(x, "sharding", None) if isinstance(x, jax.Array) else None
+    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if sharding is None else x.dtype,
+                                sharding=sharding)
 
 
 def _ignore_closed_loop_callbacks() -> None:

@@ -94,11 +94,6 @@ class Placement:
         self.axis_name = AXIS if mode == "pmap" else None
         self.fsdp = fsdp and mode == "mesh"
         self.processes = jax.process_count() if mode == "mesh" else 1
-        if self.processes > 1 and self.fsdp:
-            raise ConfigError(
-                "parallel.fsdp: not supported across several processes yet (checkpoints are "
-                "written from a host copy of the state); use fsdp on one host"
-            )
         if jax.process_count() > 1 and mode != "mesh":
             raise ConfigError(
                 f"parallel.mode: a multi-process run needs mode mesh (or auto); got {mode}"
@@ -224,7 +219,10 @@ class Placement:
 
 
 def _global_array(x: Any, sharding: NamedSharding) -> Any:
-    """A global array from a value every process holds in full (e.g. the initial state)."""
+    """A global array from a value every process holds in full (e.g. the initial state); an
+    array already laid out as ``sharding`` (e.g. restored onto it) as it is."""
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+        return x
     if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
         data = _global_array(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))

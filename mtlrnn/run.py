@@ -943,8 +943,10 @@ def _start_members(
         fresh.append(state)
         firsts.append((first, stream))
         leftovers = resumable and checkpoint.has_checkpoints(m.ckpt_dir)
+        # Several processes restore straight onto the placed (e.g. fsdp-sharded) state.
+        target = setup.placement.state(state) if jax.process_count() > 1 else state
         got = (
-            _restore_for_resume(m.ckpt_dir, state, m.cfg, m.workdir, setup.data_sha)
+            _restore_for_resume(m.ckpt_dir, target, m.cfg, m.workdir, setup.data_sha)
             if leftovers
             else None
         )

@@ -62,3 +62,42 @@ def test_two_processes_match_one_process_with_two_devices(tiny_overrides, tmp_pa
     assert (multi / "process-1" / "summary.json").exists()
     steps = sorted(int(d.name) for d in (multi / "checkpoints").iterdir() if d.name.isdigit())
     assert steps == [4, 8]
+
+
+def _two_processes(settings, workdir, *extra, fault_step=None):
+    """Both processes of one two-process run; returns their (returncode, stderr)."""
+    port = _free_port()
+    env = _env(1)
+    env = {k: v for k, v in env.items() if not k.startswith("MTLRNN_FAULT_")}
+    if fault_step is not None:
+        env.update(MTLRNN_FAULT_SIGNAL_AT_STEP=str(fault_step), MTLRNN_FAULT_SIGNAL="KILL")
+    procs = [
+        subprocess.Popen(
+            _cmd(settings, workdir, f"parallel.coordinator=localhost:{port}",
+                 "parallel.num_processes=2", f"parallel.process_id={i}", *extra),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    return [(p.returncode, err) for p, (_, err) in zip(procs, outs, strict=True)]
+
+
+def test_fsdp_across_processes_resumes_exactly_after_a_kill(tiny_overrides, tmp_path):
+    # The state is sharded across the two processes (fsdp): each saves and restores only its
+    # shards (orbax), so a kill after the step-4 checkpoint resumes to the uninterrupted end.
+    fsdp = ("parallel.fsdp=true",)
+    whole = tmp_path / "whole"
+    for code, err in _two_processes(tiny_overrides, whole, *fsdp):
+        assert code == 0, err[-3000:]
+    killed = tmp_path / "killed"
+    results = _two_processes(tiny_overrides, killed, *fsdp, fault_step=5)
+    assert all(code == -9 for code, _ in results), [e[-2000:] for _, e in results]
+    assert (killed / "checkpoints" / "4").is_dir()
+    assert not (killed / "summary.json").exists()
+    for code, err in _two_processes(tiny_overrides, killed, *fsdp):
+        assert code == 0, err[-3000:]
+    a = json.loads((whole / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert a["run"]["processes"] == 2 and b["run"]["resumed_from_step"] == 4
+    assert b["params_sha256"] == a["params_sha256"]
