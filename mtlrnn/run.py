@@ -71,6 +71,8 @@ from mtlrnn.train import make_eval_step
 from mtlrnn.train import make_optimizer
 from mtlrnn.train import make_train_step
 from mtlrnn.train import params_sha256
+from mtlrnn.training.flops import matmul_flops
+from mtlrnn.training.flops import peak_flops
 from mtlrnn.training.hooks import Checkpoints
 from mtlrnn.training.hooks import EarlyStop
 from mtlrnn.training.hooks import Evaluate
@@ -806,6 +808,7 @@ def fit(
             on_compile=_compile_notice(bar),
             population=[m.label for m in members] if population else (),
             prefetch=cfg.train.prefetch,
+            flops=_flops_counter(setup, step_jit),
         )
         try:
             ended = loop.run()
@@ -1033,6 +1036,28 @@ def _population_batches(setup: _Setup, members: list[_Member]) -> Iterator[dict[
         yield stack_batches(batches, setup.tasks)
 
 
+def _flops_counter(setup: _Setup, step_jit: Any) -> Callable[[Any, Any], float]:
+    """Matmul FLOPs of one step of the whole run (every device, every seed)."""
+    per_device = setup.placement.mode == "pmap"  # a pmapped jaxpr is one device's program
+    factor = setup.placement.num_devices if per_device else 1
+    return lambda state, batch: factor * matmul_flops(step_jit, state, batch)
+
+
+def _flop_rates(setup: _Setup, loop: Any) -> dict[str, Any]:
+    """Matmul FLOPs per step, achieved FLOP/s and MFU against the devices' peak (None on
+    devices without a known peak, e.g. CPUs); see :mod:`mtlrnn.training.flops`."""
+    rate = loop.flop_per_s
+    steps = sum(w[0] for w in loop.windows)
+    peak = peak_flops(jax.devices()[0].device_kind, setup.cfg.model.compute_dtype)
+    peak = peak * setup.placement.num_devices if peak is not None else None
+    return {
+        "matmul_flops_per_step": sum(loop.window_flops) / steps if steps else None,
+        "matmul_flop_per_s": rate,
+        "peak_flop_per_s": peak,
+        "mfu": rate / peak if rate is not None and peak else None,
+    }
+
+
 def _wait(members: Sequence[_Member]) -> None:
     for m in members:
         if m.ckpts is not None:
@@ -1068,6 +1093,7 @@ def _finish(
             # Of the timed seconds, waiting for the next batch (stream and placement).
             "data_wait_s": loop.data_seconds,
             "compiled_shapes": len(loop.compiled),
+            **_flop_rates(setup, loop),
         },
         "params_sha256": params_sha256(setup.placement.host(state.params)),
         "run": {

@@ -70,6 +70,8 @@ class MetricsLog(Hook):
             "step_time_ms": 1e3 * self._step_s,
             "data_ms": 1e3 * data_s / max(steps, 1),
         }
+        if loop.flops_fn is not None and loop.window_flops:  # the whole (population) step's
+            record["flop_per_s"] = loop.window_flops[-1] / max(seconds, 1e-9)
         self.writer.write(record)
         self._shown = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
 

@@ -87,6 +87,9 @@ class Loop:
         :class:`mtlrnn.training.hooks.PerSeed`, which gives a hook one seed's view).
       prefetch: batches prepared and placed ahead in a background thread
         (:class:`mtlrnn.training.prefetch.Prefetch`); 0: each in the loop, before its step.
+      flops: ``(state, device_batch) -> matmul FLOPs`` of one step of that batch layout
+        (:mod:`mtlrnn.training.flops`), called once per layout (its time is left out of the
+        windows); None: not counted.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Loop:
         on_compile: Callable[[tuple[int, ...], float | None], None] | None = None,
         population: Sequence[str] = (),
         prefetch: int = 2,
+        flops: Callable[[Any, Any], float] | None = None,
     ) -> None:
         if on_nonfinite not in ("skip", "stop"):
             raise ValueError(f"on_nonfinite: must be skip or stop; got {on_nonfinite!r}")
@@ -121,6 +125,10 @@ class Loop:
         self.compile_s = 0.0
         self.population = tuple(population)
         self.prefetch = prefetch
+        self.flops_fn = flops
+        self.layout_flops: dict[tuple[Any, ...], float] = {}
+        self.window_flops: list[float] = []  # per log window: matmul FLOPs of its steps
+        self._flops = 0.0
         self.nonfinite = 0  # skipped steps so far (as of the last log step; all seeds)
         self.seed_nonfinite = [0] * len(self.population)  # the same per seed
         self.seed_tokens: list[tuple[int, ...]] = []  # per log window, per seed
@@ -143,6 +151,13 @@ class Loop:
         return sum(w[2] for w in self.windows)
 
     @property
+    def flop_per_s(self) -> float | None:
+        """Achieved matmul FLOP/s over the timed seconds (None: FLOPs not counted)."""
+        if self.flops_fn is None or not self.seconds:
+            return None
+        return sum(self.window_flops) / self.seconds
+
+    @property
     def data_seconds(self) -> float:
         """Of :attr:`seconds`, the time the loop waited for batches (stream and placement)."""
         return sum(w[3] for w in self.windows)
@@ -155,7 +170,13 @@ class Loop:
             (np.shape(x), np.asarray(x).dtype.str) for x in jax.tree.leaves(batch)
         )
         if layout in self.compiled:
+            self._flops += self.layout_flops.get(layout, 0.0)
             return self.step_fn(self.state, device_batch)
+        if self.flops_fn is not None:
+            t0 = time.perf_counter()
+            self.layout_flops[layout] = float(self.flops_fn(self.state, device_batch))
+            self._flops += self.layout_flops[layout]
+            self._excluded += time.perf_counter() - t0
         shape = tuple(np.shape(batch["inputs"]))
         if self.on_compile is not None:
             self.on_compile(shape, None)
@@ -184,6 +205,8 @@ class Loop:
         seconds = time.perf_counter() - self._window_t0 - self._excluded
         tokens = sum(w.tokens for w in seeds)
         self.windows.append((seeds[0].steps, tokens, max(seconds, 0.0), self._data_s))
+        self.window_flops.append(self._flops)
+        self._flops = 0.0
         self.nonfinite += sum(w.nonfinite for w in seeds)
         self._excluded = self._data_s = 0.0
         for hook in self.hooks:
