@@ -120,11 +120,18 @@ class MultiTaskRNN(nn.Module):
         self.out_drop = TimeDropout(self.dropout)
 
     def embed_inputs(
-        self, inputs: chex.Array, chars: chex.Array | None, *, train: bool
+        self,
+        inputs: chex.Array,
+        chars: chex.Array | None,
+        *,
+        train: bool,
+        row_offset: chex.Numeric = 0,
     ) -> chex.Array:
         """Input vectors ``[B, L, E (+ char features)]``."""
         if train and self.word_dropout > 0 and self.num_features == 0:
-            drop = time_bernoulli(self.make_rng("dropout"), self.word_dropout, inputs.shape)
+            drop = time_bernoulli(
+                self.make_rng("dropout"), self.word_dropout, inputs.shape, row_offset
+            )
             inputs = jnp.where(drop & (inputs > self.unk_id), self.unk_id, inputs)
         x = self.embed(inputs)
         if self.char_encoder != "none":
@@ -134,7 +141,7 @@ class MultiTaskRNN(nn.Module):
                     "'chars' (the data source must provide them)"
                 )
             x = jnp.concatenate([x, self.chars(chars).astype(x.dtype)], axis=-1)
-        return self.embed_drop(x, deterministic=not train)
+        return self.embed_drop(x, deterministic=not train, row_offset=row_offset)
 
     def encode(
         self,
@@ -143,12 +150,18 @@ class MultiTaskRNN(nn.Module):
         chars: chex.Array | None = None,
         *,
         train: bool = False,
+        row_offset: chex.Numeric = 0,
     ) -> tuple[chex.Array, chex.Array]:
-        """Shared representation: ``(outputs [B, L, D], last [B, D])``, zero on padded steps."""
-        x = self.embed_inputs(inputs, chars, train=train)
-        outputs, last, _ = self.trunk(x, lengths, train=train)
-        outputs = self.out_drop(outputs, deterministic=not train)
-        last = self.out_drop(last[:, None], deterministic=not train)[:, 0]  # one "step"
+        """Shared representation: ``(outputs [B, L, D], last [B, D])``, zero on padded steps.
+
+        ``row_offset``: the global batch index of this batch's first row (a device's or a
+        micro-batch's part of a batch): dropout draws depend on it (:mod:`mtlrnn.dropout`).
+        """
+        x = self.embed_inputs(inputs, chars, train=train, row_offset=row_offset)
+        outputs, last, _ = self.trunk(x, lengths, train=train, row_offset=row_offset)
+        off = not train
+        outputs = self.out_drop(outputs, deterministic=off, row_offset=row_offset)
+        last = self.out_drop(last[:, None], deterministic=off, row_offset=row_offset)[:, 0]
         mask = jnp.arange(outputs.shape[1])[None, :, None] < lengths[:, None, None]
         return jnp.where(mask, outputs, 0), last
 
@@ -165,8 +178,9 @@ class MultiTaskRNN(nn.Module):
         chars: chex.Array | None = None,
         *,
         train: bool = False,
+        row_offset: chex.Numeric = 0,
     ) -> dict[str, chex.Array]:
         """``inputs: [B, L]`` ids or ``[B, L, F]`` features, ``lengths: [B]``, optional
         ``chars: [B, L, C]`` -> head outputs."""
-        outputs, last = self.encode(inputs, lengths, chars, train=train)
+        outputs, last = self.encode(inputs, lengths, chars, train=train, row_offset=row_offset)
         return self.decode(outputs, last, lengths)

@@ -237,8 +237,10 @@ def make_train_step(
     batch is split into ``m`` micro-batches of consecutive rows and with ``axis_name`` (inside
     ``pmap``/``shard_map``) it is spread over devices; each part contributes its loss *sum*
     divided by the global label count, so losses, per-task gradients and Jacobians are exactly
-    those of the whole batch before the strategy sees them (with dropout off, the same numbers
-    as one big batch on one device up to float summation order). Loss-based methods with
+    those of the whole batch before the strategy sees them (the same numbers as one big batch
+    on one device up to float summation order, dropout included: each part passes the global
+    index of its first row as ``row_offset``, and every dropout draw depends on the row's
+    global index, :mod:`mtlrnn.dropout`). Loss-based methods with
     ``m > 1`` run one extra forward pass (the weights need the global losses before the
     backward passes). ``representation`` mode needs ``m = 1`` and no ``axis_name``.
 
@@ -275,12 +277,16 @@ def make_train_step(
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, chex.Array]]:
         key = jax.random.fold_in(state.rng, state.step)
         drop_key, weight_key = jax.random.split(key)
+        # Dropout draws depend on each row's index in the global batch (mtlrnn.dropout), so a
+        # device's rows and a micro-batch's rows draw what they would in the whole batch.
+        rows = batch["lengths"].shape[0]
+        offset = jnp.zeros((), jnp.int32)
         if axis_name is not None:
-            drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(axis_name))
+            offset = jax.lax.axis_index(axis_name).astype(jnp.int32) * rows
         # Global label counts: constants of the step, known before any forward pass.
         denom = jnp.maximum(psum(task_counts(tasks, batch)), 1.0)
 
-        def partial_losses(params: Any, mb: Batch, k: chex.PRNGKey) -> chex.Array:
+        def partial_losses(params: Any, mb: Batch, first_row: chex.Array) -> chex.Array:
             """This part's contribution to the global loss vector ``[K]``."""
             outputs = model.apply(
                 {"params": params},
@@ -288,35 +294,40 @@ def make_train_step(
                 mb["lengths"],
                 mb.get("chars"),
                 train=True,
-                rngs={"dropout": k},
+                row_offset=first_row,
+                rngs={"dropout": drop_key},
             )
             sums, _ = task_loss_sums(tasks, outputs, mb)
             return sums / denom
 
         micro = _split_micro(batch, accumulate) if accumulate > 1 else None
-        micro_keys = jax.random.split(drop_key, accumulate) if accumulate > 1 else None
+        micro_rows = (
+            offset + jnp.arange(accumulate, dtype=jnp.int32) * (rows // accumulate)
+            if accumulate > 1
+            else None
+        )
 
-        def over_micro(fn: Callable[[Batch, chex.PRNGKey], Any]) -> Any:
-            """``sum_i fn(micro_batch_i, key_i)`` (a pytree), via lax.scan."""
+        def over_micro(fn: Callable[[Batch, chex.Array], Any]) -> Any:
+            """``sum_i fn(micro_batch_i, first_row_i)`` (a pytree), via lax.scan."""
             if micro is None:
-                return fn(batch, drop_key)
-            first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], micro), micro_keys[0])
+                return fn(batch, offset)
+            first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], micro), micro_rows[0])
             zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
 
-            def body(acc: Any, xs: tuple[Batch, chex.PRNGKey]) -> tuple[Any, None]:
+            def body(acc: Any, xs: tuple[Batch, chex.Array]) -> tuple[Any, None]:
                 return jax.tree.map(jnp.add, acc, fn(*xs)), None
 
-            total, _ = jax.lax.scan(body, zero, (micro, micro_keys))
+            total, _ = jax.lax.scan(body, zero, (micro, micro_rows))
             return total
 
         def global_losses(params: Any) -> chex.Array:
-            return psum(over_micro(lambda mb, k: partial_losses(params, mb, k)))
+            return psum(over_micro(lambda mb, row: partial_losses(params, mb, row)))
 
         wstate = state.weight_state
         effective = jnp.full((num_tasks,), jnp.nan, jnp.float32)
         if strategy.requires == "losses":
             if micro is None:
-                part, vjp = jax.vjp(lambda p: partial_losses(p, batch, drop_key), state.params)
+                part, vjp = jax.vjp(lambda p: partial_losses(p, batch, offset), state.params)
                 losses = psum(part)
             else:
                 losses = global_losses(state.params)
@@ -328,8 +339,8 @@ def make_train_step(
                 (grads,) = vjp(cot)
             else:
 
-                def micro_grads(mb: Batch, k: chex.PRNGKey) -> Any:
-                    _, vjp_i = jax.vjp(lambda p: partial_losses(p, mb, k), state.params)
+                def micro_grads(mb: Batch, row: chex.Array) -> Any:
+                    _, vjp_i = jax.vjp(lambda p: partial_losses(p, mb, row), state.params)
                     return vjp_i(cot)[0]
 
                 grads = over_micro(micro_grads)
@@ -342,8 +353,10 @@ def make_train_step(
         else:
             shared, heads = split_params(model, state.params)
 
-            def micro_jacobian(mb: Batch, k: chex.PRNGKey) -> tuple[chex.Array, Any, Any]:
-                part, vjp = jax.vjp(lambda s, h: partial_losses({**s, **h}, mb, k), shared, heads)
+            def micro_jacobian(mb: Batch, row: chex.Array) -> tuple[chex.Array, Any, Any]:
+                part, vjp = jax.vjp(
+                    lambda s, h: partial_losses({**s, **h}, mb, row), shared, heads
+                )
                 js, jh = vmap_vjp(vjp, num_tasks, chunk_size=chunk_size)
                 return part, js, jh
 

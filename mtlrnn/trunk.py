@@ -312,7 +312,12 @@ class Trunk(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: chex.Array, lengths: chex.Array, *, train: bool = False
+        self,
+        x: chex.Array,
+        lengths: chex.Array,
+        *,
+        train: bool = False,
+        row_offset: chex.Numeric = 0,
     ) -> tuple[chex.Array, chex.Array, list[dict[str, Carry]]]:
         """Run the trunk.
 
@@ -320,6 +325,7 @@ class Trunk(nn.Module):
           x: ``[B, L, I]`` inputs.
           lengths: ``[B]`` int valid lengths (0 allowed: the row is all padding).
           train: enables dropout (needs the ``dropout`` RNG).
+          row_offset: the global batch index of row 0 (dropout draws depend on it).
         Returns:
           ``outputs [B, L, D]`` (zero on padded steps), ``last [B, D]`` (the top layer's
           final hidden state per direction, i.e. the last valid state) and the final carries
@@ -330,7 +336,9 @@ class Trunk(nn.Module):
         directions = ("fwd", "bwd") if self.bidirectional else ("fwd",)
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
-                x = TimeDropout(self.dropout)(x, deterministic=not train)
+                x = TimeDropout(self.dropout)(
+                    x, deterministic=not train, row_offset=row_offset
+                )
                 x = jnp.where(mask[:, :, None], x, 0)
             params = [
                 jax.tree.map(

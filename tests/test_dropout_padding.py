@@ -191,3 +191,15 @@ def test_vmapped_seeds_draw_their_own_masks_and_ignore_padding():
     np.testing.assert_allclose(got_l, got_s, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got_s[1], losses(params, short, keys[1])[0], rtol=1e-6)
     assert not np.allclose(got_s[0], got_s[1])
+
+
+def test_a_slice_of_rows_draws_its_rows_of_the_whole_mask():
+    """A device's or a micro-batch's rows (row_offset = their first global index) draw
+    exactly their rows of the whole batch's mask."""
+    key = jax.random.key(3)
+    whole = time_bernoulli(key, 0.5, (8, 5, 3))
+    for start, stop in ((0, 4), (4, 8), (2, 5)):
+        part = time_bernoulli(key, 0.5, (stop - start, 5, 3), row_offset=start)
+        np.testing.assert_array_equal(np.asarray(part), np.asarray(whole[start:stop]))
+    traced = jax.jit(lambda off: time_bernoulli(key, 0.5, (4, 5, 3), row_offset=off))
+    np.testing.assert_array_equal(np.asarray(traced(4)), np.asarray(whole[4:]))

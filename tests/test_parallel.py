@@ -2,7 +2,8 @@
 
 Runs in subprocesses with 8 simulated CPU devices (XLA_FLAGS must be set before JAX starts).
 Single device, mesh, pmap and single device with 4 micro-batches train the same tiny synthetic
-job for 20 steps, with dropout off: per-task losses and parameters must agree to 1e-5.
+job for 20 steps, with dropout on (every dropout draw depends on the row's index in the global
+batch, mtlrnn.dropout): per-task losses and parameters must agree to 1e-5.
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ TINY = [
     "data.buckets=[16]",  # one length: one compile per step function (and per eval)
     "model.embed_dim=8",
     "model.hidden_size=8",
-    "model.dropout=0.0",
+    "model.dropout=0.3",
+    "model.embed_dropout=0.2",
+    "model.word_dropout=0.1",
     "train.batch_size=32",
     "tasks.include=[tag0,tag1,seq_value]",
 ]
