@@ -40,7 +40,7 @@ BASE = [
     "checkpoint.best_metric=dev/tag0/accuracy",
     "weighting.name=uw",
 ]
-TIMING = ("tokens_per_s", "step_time_ms", "data_ms")
+TIMING = ("tokens_per_s", "step_time_ms", "data_ms", "flop_per_s")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mtlrnn.__file__)))
 
 
