@@ -27,17 +27,8 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+sys.path.insert(0, os.path.join(HERE, "peers"))
+import common  # noqa: E402  (benchmarks/peers/common.py: machine description)
 
 
 def _compare(args: argparse.Namespace, vectorize: bool) -> dict[str, Any]:
@@ -92,7 +83,7 @@ def main() -> None:
 
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": common.cpu_model(), "cores": os.cpu_count(),
                     "loadavg_end": list(os.getloadavg()), "platform": jax.default_backend()},
         "versions": {"python": platform.python_version(), "jax": jax.__version__},
         "config": {"seeds": args.seeds, "steps": args.steps, "methods": args.methods,
