@@ -215,3 +215,28 @@ def test_window_folds_each_seed():
     assert (w1.steps, w1.tokens, w1.nonfinite, w1.first_bad_step) == (3, 63, 2, 2)
     assert w0.bad_tasks == ("a", "b") and w1.bad_tasks == ("b",)
     assert float(w1.last["loss"]) == 4.0 and float(w0.last["grad_norm"]) == 3.0
+
+
+def test_seeds_spread_over_a_mesh_equal_one_device(population, tmp_path):
+    """parallel.mode mesh: each of 2 devices trains one seed (the seed axis is sharded)."""
+    import subprocess
+    import sys
+
+    workdir, _ = population
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "mtlrnn.cli", "train", "--workdir", str(tmp_path / "mesh"),
+           "--quiet"]
+    for item in [*BASE, "train.num_seeds=2", "parallel.mode=mesh"]:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for seed in (0, 1):
+        summary = json.loads((tmp_path / "mesh" / f"seed{seed}" / "summary.json").read_text())
+        assert (summary["run"]["devices"], summary["run"]["parallel"]) == (2, "mesh")
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+            _params(tmp_path / "mesh" / f"seed{seed}"),
+            _params(workdir / f"seed{seed}"),
+        )
