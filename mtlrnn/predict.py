@@ -65,13 +65,12 @@ from mtlrnn.fileio import atomic_writer
 from mtlrnn.fileio import same_file
 from mtlrnn.heads import group_tasks
 from mtlrnn.reporting import LOGGER
-from mtlrnn.run import VOCAB_FILE
 from mtlrnn.run import load_run
-from mtlrnn.run import model_for
+from mtlrnn.run import load_trained
 from mtlrnn.run import parse_checkpoint
-from mtlrnn.run import restore_state
 from mtlrnn.sources import Data
 from mtlrnn.tasks import TaskSpec
+from mtlrnn.workdir import VOCAB_FILE
 
 # CoNLL-U column index of each predictable task column.
 CONLLU_COLUMN = {"upos": 3, "xpos": 4, "feats": 5, "deprel": 7}
@@ -352,13 +351,12 @@ def predict(
         vocab_size=vocab_size,
         char_vocab_size=0 if chars is None else len(chars),
     )
-    model = model_for(cfg, tasks, data)
-    state = restore_state(workdir, cfg, model, data, which)
+    model, params = load_trained(workdir, data, which)
     longest = int(dataset.lengths.max())
     buckets = tuple(b for b in cfg.data.buckets if b < longest) + (-(-longest // 8) * 8,)
     ids = predict_labels(
         model,
-        state.params,
+        params,
         dataset,
         batch_size=batch_size or cfg.train.eval_batch_size,
         buckets=buckets,

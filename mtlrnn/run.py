@@ -1373,6 +1373,19 @@ def restore_state(
     return found[0]
 
 
+def load_trained(
+    workdir: str | os.PathLike, data: Data, checkpoint: str | int = "latest"
+) -> tuple[Any, Any]:
+    """``(model, params)`` of a checkpoint of the run in ``workdir`` (``latest``, ``best`` or a
+    step; see :func:`restore_state`), the model built for ``data`` (whose ``tasks`` are the
+    run's resolved tasks and whose sizes are the run's vocabularies). Read-only: what a
+    command that applies a trained run (``mtlrnn predict``) needs from the trainer."""
+    workdir = os.fspath(workdir)
+    cfg = load_run(workdir)
+    model = model_for(cfg, data.tasks, data)
+    return model, restore_state(workdir, cfg, model, data, checkpoint).params
+
+
 def _latest_meta(workdir: str) -> dict[str, Any] | None:
     try:
         return checkpoint.read_latest_meta(os.path.join(workdir, "checkpoints"))
