@@ -12,8 +12,9 @@ writes, into `--out`:
                  long_sequences.png (matplotlib, Agg; skipped with a note if missing)
 
 Sub-suites: peak (benchmarks/matmul_peak.py), reference, hidden, length, tasks, long,
-memory (benchmarks/memory.py), dtype, large (the GPU config). CPU default: all but large;
-`--device gpu`: peak, reference, large, long.
+memory (benchmarks/memory.py), dtype, large (the GPU config), loop (benchmarks/
+loop_efficiency.py). CPU default: all but large; `--device gpu`: peak, reference, large,
+long, loop.
 
     python benchmarks/run.py                                   # full CPU suite
     python benchmarks/run.py --only reference,long --rounds 3
@@ -48,9 +49,10 @@ REPO_ROOT = HERE.parent
 BASELINE = "torch_lstm"
 REF_TOKENS = 32 * 64  # repeats are scaled down for steps with more tokens than this
 ALL_SUITES = ("peak", "reference", "hidden", "length", "tasks", "long", "memory", "dtype",
-              "large")
-CPU_SUITES = ("peak", "reference", "hidden", "length", "tasks", "long", "memory", "dtype")
-GPU_SUITES = ("peak", "reference", "large", "long")
+              "large", "loop")
+CPU_SUITES = ("peak", "reference", "hidden", "length", "tasks", "long", "memory", "dtype",
+              "loop")
+GPU_SUITES = ("peak", "reference", "large", "long", "loop")
 THROUGHPUT_SUITES = ("reference", "hidden", "length", "tasks", "long", "dtype", "large")
 ROUNDED_SUITES = ("reference", "dtype")  # the suites that get --rounds; sweeps get one round
 
@@ -403,6 +405,33 @@ def run_peak(args: argparse.Namespace, suite: Suite) -> None:
     suite.finish("peak")
 
 
+def run_loop(args: argparse.Namespace, suite: Suite) -> None:
+    """Loop efficiency (benchmarks/loop_efficiency.py): isolated step / marginal wall time
+    per step of `mtlrnn train`, small and reference configs."""
+    entry = suite.start("loop")
+    print("[loop] isolated step vs mtlrnn train ...", file=sys.stderr, flush=True)
+    argv = ["--steps", "50", "--repeats", "1"] if args.quick else ["--steps", "1000"]
+    entry["record"] = run_script("loop_efficiency", HERE / "loop_efficiency.py", argv, args)
+    suite.finish("loop")
+
+
+def loop_lines(data: dict[str, Any]) -> list[str]:
+    record = (data.get("suites", {}).get("loop") or {}).get("record")
+    if not record:
+        return []
+    lines = ["## Loop efficiency (`loop_efficiency.py`, goal >= 0.95)", ""]
+    if not record.get("ok"):
+        return [*lines, f"FAILED: {record.get('error', 'not run')}", ""]
+    lines += [f"Runs of {record['steps']} and {2 * record['steps']} steps of `mtlrnn train`, "
+              f"fastest of {record['repeats']}; isolated: the same jitted step back to back.",
+              "", "| config | isolated ms/step | marginal ms/step | efficiency |",
+              "|---|---:|---:|---:|"]
+    for r in record["records"]:
+        lines.append(f"| {r['config']} | {r['isolated_ms']:.2f} | {r['marginal_ms']:.2f} | "
+                     f"{r['efficiency']:.2f} |")
+    return [*lines, ""]
+
+
 def run_memory(args: argparse.Namespace, suite: Suite) -> None:
     budget = 2 / 1024 if args.quick else args.budget_gib
     entry = suite.start("memory", cells=args.memory_cells, budget_gib=budget, records=[])
@@ -636,6 +665,7 @@ def markdown(data: dict[str, Any], plots: list[str], plot_note: str) -> str:
     goals = goal_lines(data)
     if goals:
         lines += ["## Goals (issue 6)", "", *goals, ""]
+    lines += loop_lines(data)
     suites = data.get("suites", {})
     if "peak" in suites:
         record = suites["peak"].get("record") or {}
@@ -846,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in [s for s in ALL_SUITES if s in args.only]:  # peak first, for % of peak
         if name == "peak":
             run_peak(args, suite)
+        elif name == "loop":
+            run_loop(args, suite)
         elif name == "memory":
             run_memory(args, suite)
         else:
