@@ -7,6 +7,7 @@ metrics)``, jitted once per batch shape with the state donated.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -250,8 +251,6 @@ def make_train_step(
     ``after_update`` (FAMO), a non-finite loss after the update leaves the weighting state
     unchanged too.
     """
-    tasks = model.tasks
-    num_tasks = len(tasks)
     if grad_mode not in MODES:
         raise ValueError(f"grad_mode: must be one of {', '.join(MODES)}; got {grad_mode!r}")
     if strategy.requires == "grads" and grad_mode not in strategy.modes:
@@ -271,10 +270,42 @@ def make_train_step(
             "use full or gramian with train.accumulate > 1 or parallel.mode pmap"
         )
 
-    def psum(x: Any) -> Any:
-        return x if axis_name is None else jax.lax.psum(x, axis_name)
+    mode = "losses" if strategy.requires == "losses" else grad_mode
+    per_task = _PER_TASK[mode]  # the per-task gradient function, chosen once
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, chex.Array]]:
+        ctx = _StepParts.build(model, state, batch, accumulate, axis_name, chunk_size)
+        direction = per_task(ctx, strategy, state.params, state.weight_state)
+        return _update(ctx, strategy, optimizer, schedule, state, direction)
+
+    return step
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepParts:
+    """What every per-task gradient mode of one step uses: the keys, the batch and how its
+    parts (micro-batches, devices) add up to the global loss vector."""
+
+    model: MultiTaskRNN
+    batch: Batch
+    drop_key: chex.PRNGKey
+    weight_key: chex.PRNGKey
+    offset: chex.Array  # the global index of this device's first row
+    denom: chex.Array  # [K] global label counts
+    micro: Batch | None  # [m, B / m, ...] micro-batches, or None
+    micro_rows: chex.Array | None  # [m] global index of each micro-batch's first row
+    axis_name: str | None
+    chunk_size: int
+
+    @staticmethod
+    def build(
+        model: MultiTaskRNN,
+        state: TrainState,
+        batch: Batch,
+        accumulate: int,
+        axis_name: str | None,
+        chunk_size: int,
+    ) -> _StepParts:
         key = jax.random.fold_in(state.rng, state.step)
         drop_key, weight_key = jax.random.split(key)
         # Dropout draws depend on each row's index in the global batch (mtlrnn.dropout), so a
@@ -283,133 +314,199 @@ def make_train_step(
         offset = jnp.zeros((), jnp.int32)
         if axis_name is not None:
             offset = jax.lax.axis_index(axis_name).astype(jnp.int32) * rows
-        # Global label counts: constants of the step, known before any forward pass.
-        denom = jnp.maximum(psum(task_counts(tasks, batch)), 1.0)
-
-        def partial_losses(params: Any, mb: Batch, first_row: chex.Array) -> chex.Array:
-            """This part's contribution to the global loss vector ``[K]``."""
-            outputs = model.apply(
-                {"params": params},
-                mb["inputs"],
-                mb["lengths"],
-                mb.get("chars"),
-                train=True,
-                row_offset=first_row,
-                rngs={"dropout": drop_key},
-            )
-            sums, _ = task_loss_sums(tasks, outputs, mb)
-            return sums / denom
-
-        micro = _split_micro(batch, accumulate) if accumulate > 1 else None
-        micro_rows = (
-            offset + jnp.arange(accumulate, dtype=jnp.int32) * (rows // accumulate)
-            if accumulate > 1
-            else None
+        counts = task_counts(model.tasks, batch)
+        if axis_name is not None:
+            counts = jax.lax.psum(counts, axis_name)
+        micro, micro_rows = None, None
+        if accumulate > 1:
+            micro = _split_micro(batch, accumulate)
+            micro_rows = offset + jnp.arange(accumulate, dtype=jnp.int32) * (rows // accumulate)
+        return _StepParts(
+            model=model,
+            batch=batch,
+            drop_key=drop_key,
+            weight_key=weight_key,
+            offset=offset,
+            # Global label counts: constants of the step, known before any forward pass.
+            denom=jnp.maximum(counts, 1.0),
+            micro=micro,
+            micro_rows=micro_rows,
+            axis_name=axis_name,
+            chunk_size=chunk_size,
         )
 
-        def over_micro(fn: Callable[[Batch, chex.Array], Any]) -> Any:
-            """``sum_i fn(micro_batch_i, first_row_i)`` (a pytree), via lax.scan."""
-            if micro is None:
-                return fn(batch, offset)
-            first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], micro), micro_rows[0])
-            zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
+    def psum(self, x: Any) -> Any:
+        """Sum over the device axis (identity on one device)."""
+        return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
 
-            def body(acc: Any, xs: tuple[Batch, chex.Array]) -> tuple[Any, None]:
-                return jax.tree.map(jnp.add, acc, fn(*xs)), None
-
-            total, _ = jax.lax.scan(body, zero, (micro, micro_rows))
-            return total
-
-        def global_losses(params: Any) -> chex.Array:
-            return psum(over_micro(lambda mb, row: partial_losses(params, mb, row)))
-
-        wstate = state.weight_state
-        effective = jnp.full((num_tasks,), jnp.nan, jnp.float32)
-        if strategy.requires == "losses":
-            if micro is None:
-                part, vjp = jax.vjp(lambda p: partial_losses(p, batch, offset), state.params)
-                losses = psum(part)
-            else:
-                losses = global_losses(state.params)
-            weights, wstate, info = strategy.combine(
-                wstate, jax.lax.stop_gradient(losses), key=weight_key
-            )
-            cot = jax.lax.stop_gradient(weights).astype(losses.dtype)
-            if micro is None:
-                (grads,) = vjp(cot)
-            else:
-
-                def micro_grads(mb: Batch, row: chex.Array) -> Any:
-                    _, vjp_i = jax.vjp(lambda p: partial_losses(p, mb, row), state.params)
-                    return vjp_i(cot)[0]
-
-                grads = over_micro(micro_grads)
-            grads = psum(grads)
-        elif grad_mode == "representation":
-            losses, grads, wstate, info = _representation_grads(
-                model, state.params, batch, drop_key, strategy, wstate, weight_key, chunk_size
-            )
-            effective = info.pop("effective_weights")
-        else:
-            shared, heads = split_params(model, state.params)
-
-            def micro_jacobian(mb: Batch, row: chex.Array) -> tuple[chex.Array, Any, Any]:
-                part, vjp = jax.vjp(
-                    lambda s, h: partial_losses({**s, **h}, mb, row), shared, heads
-                )
-                js, jh = vmap_vjp(vjp, num_tasks, chunk_size=chunk_size)
-                return part, js, jh
-
-            losses, jac_shared, jac_heads = psum(over_micro(micro_jacobian))
-            if grad_mode == "full":
-                direction, wstate, info = strategy.combine(
-                    wstate, losses, jac_shared, key=weight_key
-                )
-                if "weights" not in info:
-                    effective = effective_weights(jac_shared, direction)
-            else:
-                weights, wstate, info = strategy.from_gram(
-                    wstate, losses, gramian(jac_shared), key=weight_key
-                )
-                effective = weights
-                direction = jax.tree.map(lambda j: _weighted_rows(weights, j), jac_shared)
-            grads = {**direction, **head_grads(jac_heads, info)}
-
-        weights = info.get("weights", effective)
-        weights = jax.lax.stop_gradient(weights).astype(losses.dtype)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if strategy.after_update is not None:
-            losses_after = global_losses(params)
-            after = strategy.after_update(wstate, jax.lax.stop_gradient(losses), losses_after)
-            # A non-finite loss before or after the update leaves the strategy's state as it was
-            # (FAMO's logits would otherwise turn NaN for good).
-            usable = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.isfinite(losses_after))
-            wstate = jax.tree.map(lambda new, old: jnp.where(usable, new, old), after, wstate)
-        grad_norm = optax.tree.norm(grads)
-        finite_losses = jnp.isfinite(losses)
-        finite = jnp.all(finite_losses) & jnp.isfinite(grad_norm)
-        metrics = {
-            "losses": losses,
-            "loss": jnp.sum(weights * losses),
-            "weights": weights,
-            "grad_norm": grad_norm,
-            "lr": schedule(state.step) if schedule is not None else jnp.nan,
-            "tokens": psum(jnp.sum(batch["lengths"])),
-            "nonfinite": (~finite).astype(jnp.int32),
-            "finite_losses": finite_losses,
-        }
-        updated = (params, opt_state, wstate)
-        kept = (state.params, state.opt_state, state.weight_state)
-        params, opt_state, wstate = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), updated, kept
+    def partial_losses(self, params: Any, mb: Batch, first_row: chex.Array) -> chex.Array:
+        """A part's contribution to the global loss vector ``[K]``."""
+        outputs = self.model.apply(
+            {"params": params},
+            mb["inputs"],
+            mb["lengths"],
+            mb.get("chars"),
+            train=True,
+            row_offset=first_row,
+            rngs={"dropout": self.drop_key},
         )
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, weight_state=wstate
-        )
-        return new_state, metrics
+        sums, _ = task_loss_sums(self.model.tasks, outputs, mb)
+        return sums / self.denom
 
-    return step
+    def over_parts(self, fn: Callable[[Batch, chex.Array], Any]) -> Any:
+        """``sum_i fn(part_i, first_row_i)`` over this device's micro-batches (via lax.scan),
+        or ``fn(batch, offset)`` without accumulation; not summed over devices."""
+        if self.micro is None:
+            return fn(self.batch, self.offset)
+        assert self.micro_rows is not None
+        first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], self.micro), self.micro_rows[0])
+        zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
+
+        def body(acc: Any, xs: tuple[Batch, chex.Array]) -> tuple[Any, None]:
+            return jax.tree.map(jnp.add, acc, fn(*xs)), None
+
+        total, _ = jax.lax.scan(body, zero, (self.micro, self.micro_rows))
+        return total
+
+    def global_losses(self, params: Any) -> chex.Array:
+        """The loss vector ``[K]`` of the global batch."""
+        return self.psum(self.over_parts(lambda mb, row: self.partial_losses(params, mb, row)))
+
+
+# (losses [K], gradient pytree, new weighting state, info, effective weights [K])
+_Direction = tuple[chex.Array, Any, Any, dict[str, chex.Array], chex.Array]
+
+
+def _no_effective(num_tasks: int) -> chex.Array:
+    return jnp.full((num_tasks,), jnp.nan, jnp.float32)
+
+
+def _loss_weighted(ctx: _StepParts, strategy: Strategy, params: Any, wstate: Any) -> _Direction:
+    """A loss-based method: weights from the losses, then one backward pass with the
+    (stop-gradient) weights as the loss vector's cotangent."""
+    if ctx.micro is None:
+        part, vjp = jax.vjp(lambda p: ctx.partial_losses(p, ctx.batch, ctx.offset), params)
+        losses = ctx.psum(part)
+    else:
+        losses = ctx.global_losses(params)
+    weights, wstate, info = strategy.combine(
+        wstate, jax.lax.stop_gradient(losses), key=ctx.weight_key
+    )
+    cot = jax.lax.stop_gradient(weights).astype(losses.dtype)
+    if ctx.micro is None:
+        (grads,) = vjp(cot)
+    else:
+
+        def part_grads(mb: Batch, row: chex.Array) -> Any:
+            _, vjp_i = jax.vjp(lambda p: ctx.partial_losses(p, mb, row), params)
+            return vjp_i(cot)[0]
+
+        grads = ctx.over_parts(part_grads)
+    return losses, ctx.psum(grads), wstate, info, _no_effective(len(ctx.model.tasks))
+
+
+def _representation(ctx: _StepParts, strategy: Strategy, params: Any, wstate: Any) -> _Direction:
+    """Per-task gradients w.r.t. the trunk output (one device, no accumulation)."""
+    losses, grads, wstate, info = _representation_grads(
+        ctx.model, params, ctx.batch, ctx.drop_key, strategy, wstate, ctx.weight_key,
+        ctx.chunk_size,
+    )
+    effective = info.pop("effective_weights")
+    return losses, grads, wstate, info, effective
+
+
+def _task_jacobian(
+    ctx: _StepParts, params: Any
+) -> tuple[chex.Array, Any, Any]:
+    """``(losses [K], shared-parameter Jacobian [K, ...], head Jacobian [K, ...])`` of the
+    global batch (parts summed, then devices)."""
+    shared, heads = split_params(ctx.model, params)
+    num_tasks = len(ctx.model.tasks)
+
+    def part_jacobian(mb: Batch, row: chex.Array) -> tuple[chex.Array, Any, Any]:
+        part, vjp = jax.vjp(lambda s, h: ctx.partial_losses({**s, **h}, mb, row), shared, heads)
+        js, jh = vmap_vjp(vjp, num_tasks, chunk_size=ctx.chunk_size)
+        return part, js, jh
+
+    return ctx.psum(ctx.over_parts(part_jacobian))
+
+
+def _full(ctx: _StepParts, strategy: Strategy, params: Any, wstate: Any) -> _Direction:
+    """The method aggregates the full Jacobian of the shared parameters."""
+    losses, jac_shared, jac_heads = _task_jacobian(ctx, params)
+    direction, wstate, info = strategy.combine(wstate, losses, jac_shared, key=ctx.weight_key)
+    effective = (
+        effective_weights(jac_shared, direction)
+        if "weights" not in info
+        else _no_effective(len(ctx.model.tasks))
+    )
+    return losses, {**direction, **head_grads(jac_heads, info)}, wstate, info, effective
+
+
+def _gramian(ctx: _StepParts, strategy: Strategy, params: Any, wstate: Any) -> _Direction:
+    """The method weights the tasks from the Jacobian's Gramian; the update is the weighted
+    sum of the Jacobian's rows."""
+    losses, jac_shared, jac_heads = _task_jacobian(ctx, params)
+    weights, wstate, info = strategy.from_gram(
+        wstate, losses, gramian(jac_shared), key=ctx.weight_key
+    )
+    direction = jax.tree.map(lambda j: _weighted_rows(weights, j), jac_shared)
+    return losses, {**direction, **head_grads(jac_heads, info)}, wstate, info, weights
+
+
+#: The per-task gradient function of each mode ("losses": a loss-based method).
+_PER_TASK: dict[str, Callable[[_StepParts, Strategy, Any, Any], _Direction]] = {
+    "losses": _loss_weighted,
+    "representation": _representation,
+    "full": _full,
+    "gramian": _gramian,
+}
+
+
+def _update(
+    ctx: _StepParts,
+    strategy: Strategy,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule | None,
+    state: TrainState,
+    direction: _Direction,
+) -> tuple[TrainState, dict[str, chex.Array]]:
+    """The shared end of every step: the optax update, FAMO-style ``after_update``, the
+    non-finite guard (a bad step leaves the state as it was) and the metrics."""
+    losses, grads, wstate, info, effective = direction
+    weights = info.get("weights", effective)
+    weights = jax.lax.stop_gradient(weights).astype(losses.dtype)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if strategy.after_update is not None:
+        losses_after = ctx.global_losses(params)
+        after = strategy.after_update(wstate, jax.lax.stop_gradient(losses), losses_after)
+        # A non-finite loss before or after the update leaves the strategy's state as it was
+        # (FAMO's logits would otherwise turn NaN for good).
+        usable = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.isfinite(losses_after))
+        wstate = jax.tree.map(lambda new, old: jnp.where(usable, new, old), after, wstate)
+    grad_norm = optax.tree.norm(grads)
+    finite_losses = jnp.isfinite(losses)
+    finite = jnp.all(finite_losses) & jnp.isfinite(grad_norm)
+    metrics = {
+        "losses": losses,
+        "loss": jnp.sum(weights * losses),
+        "weights": weights,
+        "grad_norm": grad_norm,
+        "lr": schedule(state.step) if schedule is not None else jnp.nan,
+        "tokens": ctx.psum(jnp.sum(ctx.batch["lengths"])),
+        "nonfinite": (~finite).astype(jnp.int32),
+        "finite_losses": finite_losses,
+    }
+    updated = (params, opt_state, wstate)
+    kept = (state.params, state.opt_state, state.weight_state)
+    params, opt_state, wstate = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), updated, kept
+    )
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, weight_state=wstate
+    )
+    return new_state, metrics
 
 
 def head_grads(jac_heads: Any, info: Mapping[str, chex.Array]) -> Any:
