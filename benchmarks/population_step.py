@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import throughput  # sibling script: machine info, JSON-line parsing, thread environment
 
 common = throughput.common
@@ -68,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tuning", choices=("cli", "seeds", "off"), default="cli",
+                        help="mtlrnn/cpu_tuning.py sized from one seed's batch (cli: what "
+                        "mtlrnn train does), from all seeds' rows (seeds), or not applied")
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         metavar="KEY=VALUE", help="config override, as mtlrnn train --set")
     parser.add_argument("--out", type=Path, default=None,
@@ -82,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--warmup must be >= 0")
     if args.out is None:
         args.out = HERE / "out"
+    args.device = "cpu"  # throughput.machine_info's thread environment
     return args
 
 
@@ -123,9 +126,13 @@ def build(args: argparse.Namespace, seeds: int) -> tuple[Any, list[Any], list[di
     return step, states, batches, tasks
 
 
-def tune(args: argparse.Namespace) -> dict[str, bool]:
-    """What ``mtlrnn train`` applies before JAX starts (mtlrnn/cpu_tuning.py), sized as the
-    command line sizes it: from one seed's batch."""
+def tune(args: argparse.Namespace, seeds: int) -> dict[str, bool]:
+    """What ``mtlrnn train`` applies before JAX starts (mtlrnn/cpu_tuning.py), its largest
+    buffer estimated from one seed's batch (``--tuning cli``, as the command line does) or
+    from all ``seeds`` seeds' rows (``--tuning seeds``: a population step's buffers hold
+    every seed's activations), or nothing (``--tuning off``)."""
+    if args.tuning == "off":
+        return {"malloc": False, "single_arena": False}
     from mtlrnn import cpu_tuning
     from mtlrnn.config import apply_overrides
     from mtlrnn.config import default_config
@@ -133,22 +140,23 @@ def tune(args: argparse.Namespace) -> dict[str, bool]:
 
     cfg = apply_overrides(default_config(), args.sets)
     largest = cpu_tuning.largest_buffer_bytes(
-        batch=args.batch, length=args.length, hidden=cfg.model.hidden_size,
-        gates=cell_gates(cfg.model.cell), directions=2 if cfg.model.bidirectional else 1,
+        batch=args.batch * (seeds if args.tuning == "seeds" else 1), length=args.length,
+        hidden=cfg.model.hidden_size, gates=cell_gates(cfg.model.cell),
+        directions=2 if cfg.model.bidirectional else 1,
         itemsize=2 if cfg.model.compute_dtype == "bfloat16" else 4)
     return cpu_tuning.apply(largest_buffer=largest)
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Time one configuration in this process; returns its JSON record."""
-    tuning = tune(args)  # before the first JAX computation
+    single = args.worker == "single"
+    seeds = 1 if single else int(args.worker)
+    tuning = tune(args, seeds)  # before the first JAX computation
     import jax
     import jax.numpy as jnp
 
     from mtlrnn.data.batching import stack_batches
 
-    single = args.worker == "single"
-    seeds = 1 if single else int(args.worker)
     step, states, batches, tasks = build(args, seeds)
     if single:
         fn = jax.jit(step, donate_argnums=0)
@@ -198,7 +206,8 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One subprocess timing configuration ``name`` ("single" or S)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
            "--batch", str(args.batch), "--length", str(args.length),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--tuning", args.tuning]
     for item in args.sets:
         cmd += ["--set", item]
     env = common.child_env(args.threads)
@@ -248,8 +257,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{machine['platform']}; jax {machine['versions'].get('jax', '?')}.",
         f"Config: default_config() with B={config['batch']}, L={config['length']}"
         + (f", overrides {' '.join(config['sets'])}" if config["sets"] else "")
-        + f"; warm-up {config['warmup']}, {config['repeats']} timed steps x "
-        f"{config['rounds']} round(s), each configuration in its own process.",
+        + f"; cpu_tuning {config['tuning']}; warm-up {config['warmup']}, "
+        f"{config['repeats']} timed steps x {config['rounds']} round(s), each configuration in "
+        "its own process.",
         f"Started {report['started']}; load average at start {machine.get('loadavg_start', '?')}, "
         f"at end {machine.get('loadavg_end', '?')}.",
         "",
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "config": {"batch": args.batch, "length": args.length, "seeds": list(args.seeds),
                    "repeats": args.repeats, "warmup": args.warmup, "rounds": args.rounds,
-                   "threads": args.threads, "sets": list(args.sets)},
+                   "threads": args.threads, "tuning": args.tuning, "sets": list(args.sets)},
         "single": single,
         "rows": summarize(args, runs),
         "runs": runs,

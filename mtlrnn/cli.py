@@ -117,9 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _largest_buffer(cfg: Any) -> int | None:
+def _largest_buffer(cfg: Any, seeds: int | None = None) -> int | None:
     """Estimated bytes of the trunk's largest activation buffer for ``cfg`` (None when the
-    longest sequence is not known before the data is read)."""
+    longest sequence is not known before the data is read); a population step
+    (``train.num_seeds``, or ``seeds`` trained together) holds every seed's."""
     from mtlrnn.cpu_tuning import largest_buffer_bytes
     from mtlrnn.trunk import cell_gates
 
@@ -130,13 +131,29 @@ def _largest_buffer(cfg: Any) -> int | None:
     else:
         return None
     return largest_buffer_bytes(
-        batch=cfg.train.batch_size,
+        batch=cfg.train.batch_size * (seeds or cfg.train.num_seeds),
         length=length,
         hidden=cfg.model.hidden_size,
         gates=cell_gates(cfg.model.cell),
         directions=2 if cfg.model.bidirectional else 1,
         itemsize=2 if cfg.model.compute_dtype == "bfloat16" else 4,
     )
+
+
+def _compare_buffer(args: argparse.Namespace) -> int | None:
+    """:func:`_largest_buffer` of a comparison's population step (each method's seeds train
+    together unless ``--no-vectorize``); None when it cannot be told yet (compare then
+    reports any config error itself)."""
+    if not args.methods:
+        return None
+    from mtlrnn.config import ConfigError
+    from mtlrnn.config import load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, OSError, ValueError):
+        return None
+    return _largest_buffer(cfg, seeds=(args.seeds or 3) if args.vectorize else 1)
 
 
 def _train_config(args: argparse.Namespace) -> Any:
@@ -188,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     evals = summary["eval"]
                 print(json.dumps(json_safe(evals), sort_keys=True))
         elif args.command == "compare":
-            cpu_tuning.apply()
+            cpu_tuning.apply(largest_buffer=_compare_buffer(args))
             from mtlrnn.compare import compare
 
             result = compare(

@@ -22,6 +22,11 @@ Shapes (``L`` steps, ``D`` directions, ``B`` batch, ``H`` hidden, ``G`` gate blo
     gx [L, D, B, G*H]   w_hh [D, H, G*H]   b_hh [D, G*H]   mask [L, D, B] (bool)
       -> ys [L, D, B, H] (zero on masked steps), final carry: tuple of [D, B, H]
 
+Both time loops are :func:`_scan`, ``lax.scan``'s semantics with inputs read and outputs
+written by index, so that under ``jax.vmap`` (a population of seeds, ``train.num_seeds``)
+the seed axis stays in front of every ``[L, ...]`` array instead of being transposed behind
+the time axis around each loop.
+
 Masking is the trunk's: on a masked step the carry is unchanged and the output is zero.
 Equations and gate order are :mod:`mtlrnn.cells`' (PyTorch's). The reference for every
 gradient here is ``jax.grad`` of the plain scan; tests/test_fused.py compares them.
@@ -30,6 +35,8 @@ gradient here is ``jax.grad`` of the plain scan; tests/test_fused.py compares th
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import chex
 import jax
@@ -55,6 +62,42 @@ def _shift(seq: chex.Array, first: chex.Array) -> chex.Array:
 
 def _where(m: chex.Array, a: chex.Array, b: chex.Array) -> chex.Array:
     return jnp.where(m[..., None], a, b)
+
+
+def _scan(
+    body: Callable[[Any, Any], tuple[Any, Any]],
+    carry: Any,
+    xs: Any,
+    *,
+    reverse: bool = False,
+    unroll: int = 1,
+) -> tuple[Any, Any]:
+    """``jax.lax.scan(body, carry, xs, reverse=reverse, unroll=unroll)`` over axis 0, with
+    ``xs`` read and the outputs written by time index inside the loop instead of scanned.
+
+    The same values as ``lax.scan`` (its reference; tests/test_population_step.py). The
+    difference is the layout under ``jax.vmap`` (the population step, ``train.num_seeds``):
+    ``lax.scan`` moves the batch axis of ``xs`` and of the stacked outputs behind the time
+    axis, so every vmapped scan transposes its ``[L, ...]`` inputs in and its outputs out, a
+    full copy of each (about a sixth of the vmapped step at S=4 on CPU). Here ``xs`` are loop
+    constants and the outputs loop-carried buffers, which ``vmap`` keeps batch-first, and each
+    step reads and writes its slice in place (XLA turns vmap's one-index gathers and scatters
+    back into dynamic-slice and dynamic-update-slice). Un-vmapped, both lower to the same loop.
+    """
+    length = jax.tree.leaves(xs)[0].shape[0]
+    first = jax.tree.map(lambda a: a[0], xs)
+    out_shapes = jax.eval_shape(lambda c, x: body(c, x)[1], carry, first)
+    outs = jax.tree.map(lambda o: jnp.zeros((length, *o.shape), o.dtype), out_shapes)
+
+    def step(i: chex.Array, state: tuple[Any, Any]) -> tuple[Any, Any]:
+        c, ys = state
+        t = length - 1 - i if reverse else i
+        x_t = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, t, 0, keepdims=False), xs)
+        c, y = body(c, x_t)
+        ys = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, t, 0), ys, y)
+        return c, ys
+
+    return jax.lax.fori_loop(0, length, step, (carry, outs), unroll=unroll)
 
 
 # ---------------------------------------------------------------------------------- forward
@@ -97,7 +140,7 @@ def _lstm_forward(
         h, c = _where(m_t, h_new, h), _where(m_t, c_new, c)
         return (h, c), (h, c, act)
 
-    final, (hs, cs, act) = jax.lax.scan(step, carry0, (gx, mask), unroll=unroll)
+    final, (hs, cs, act) = _scan(step, carry0, (gx, mask), unroll=unroll)
     return final, (hs, cs, act)
 
 
@@ -123,7 +166,7 @@ def _gru_forward(
         h = _where(m_t, (1.0 - z) * n + z * h, h)
         return (h,), (h, jnp.concatenate([r, z, n, gh_n], axis=-1))
 
-    final, (hs, saved) = jax.lax.scan(step, carry0, (gx, mask), unroll=unroll)
+    final, (hs, saved) = _scan(step, carry0, (gx, mask), unroll=unroll)
     return final, (hs, saved)
 
 
@@ -143,7 +186,7 @@ def _rnn_forward(
         h = _where(m_t, jnp.tanh(gx_t + _bdot(h, w_hh)), h)
         return (h,), h
 
-    final, hs = jax.lax.scan(step, carry0, (gx, mask), unroll=unroll)
+    final, hs = _scan(step, carry0, (gx, mask), unroll=unroll)
     return final, (hs,)
 
 
@@ -192,7 +235,7 @@ def _lstm_backward(
         return (_bdot(dpre, w_t) + dh * keep_t, dcn * forget_t), dpre
 
     inputs = (dh_to_dc, coef, forget, keep, dys)
-    d_carry0, dgx = jax.lax.scan(step, d_final, inputs, reverse=True, unroll=unroll)
+    d_carry0, dgx = _scan(step, d_final, inputs, reverse=True, unroll=unroll)
     dw_hh = jnp.einsum("ldbh,ldbn->dhn", _shift(hs, h0), dgx)
     db_hh = jnp.sum(dgx, axis=(0, 2))
     return dgx, dw_hh, db_hh, d_carry0
@@ -223,7 +266,7 @@ def _gru_backward(
 
     h_prev = _shift(hs, h0)
     inputs = (saved, h_prev, dys, mask)
-    d_carry0, (dgx, dgh_n) = jax.lax.scan(step, d_final, inputs, reverse=True, unroll=unroll)
+    d_carry0, (dgx, dgh_n) = _scan(step, d_final, inputs, reverse=True, unroll=unroll)
     dgh = jnp.concatenate([dgx[..., : 2 * hidden], dgh_n], axis=-1)
     dw_hh = jnp.einsum("ldbh,ldbn->dhn", h_prev, dgh)
     db_hh = jnp.sum(dgh, axis=(0, 2))
@@ -244,7 +287,7 @@ def _rnn_backward(
         dh = _where(m_t, _bdot(dpre, w_t), dh)
         return (dh,), dpre
 
-    d_carry0, dgx = jax.lax.scan(step, d_final, (hs, dys, mask), reverse=True, unroll=unroll)
+    d_carry0, dgx = _scan(step, d_final, (hs, dys, mask), reverse=True, unroll=unroll)
     dw_hh = jnp.einsum("ldbh,ldbn->dhn", _shift(hs, h0), dgx)
     return dgx, dw_hh, jnp.sum(dgx, axis=(0, 2)), d_carry0
 
