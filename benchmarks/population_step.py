@@ -21,8 +21,8 @@ subprocess medians (rounds interleave the configurations, so load drift hits eac
 
 Per S it reports ms per step, seeds/s (S / step seconds) and the speed-up
 ``S * single_ms / vmapped_ms`` (> 1: the vmapped step trains S seeds faster than S separate
-steps; the issue's goal is >= 1.2 at S = 4 on CPU). Writes <out>/population_step.json and
-<out>/population_step.md and prints the markdown.
+steps; the issue's goal is >= 1.2 at S = 4 on CPU). Writes <out>/population_step_<mode>.json and
+<out>/population_step_<mode>.md (--mode vmap or map) and prints the markdown.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--tuning", choices=("cli", "seeds", "off"), default="cli",
+    parser.add_argument("--mode", choices=("vmap", "map"), default="vmap",
+                        help="train.population_mode of the population step")
+    parser.add_argument("--tuning", choices=("cli", "seeds", "off"), default="seeds",
                         help="mtlrnn/cpu_tuning.py sized from one seed's batch (cli: what "
                         "mtlrnn train does), from all seeds' rows (seeds), or not applied")
     parser.add_argument("--set", dest="sets", action="append", default=[],
@@ -163,7 +165,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         state = states[0]
         batch = jax.tree.map(jnp.asarray, batches[0])
     else:
-        fn = jax.jit(jax.vmap(step), donate_argnums=0)
+        from mtlrnn.train import population_step
+
+        fn = jax.jit(population_step(step, args.mode), donate_argnums=0)
         state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
         batch = jax.tree.map(jnp.asarray, stack_batches(batches, tasks))
     state = jax.block_until_ready(state)
@@ -207,7 +211,7 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
            "--batch", str(args.batch), "--length", str(args.length),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--tuning", args.tuning]
+           "--tuning", args.tuning, "--mode", args.mode]
     for item in args.sets:
         cmd += ["--set", item]
     env = common.child_env(args.threads)
@@ -250,7 +254,8 @@ def markdown(report: dict[str, Any]) -> str:
     machine, config = report["machine"], report["config"]
     single = report["single"]
     lines = [
-        "# Population step (train.num_seeds = S): one vmapped step vs S single steps",
+        f"# Population step (train.num_seeds = S, population_mode {config.get('mode', 'vmap')}): "
+        "one step of S seeds vs S single steps",
         "",
         f"Machine: {machine['cpu_model']}, {machine['logical_cores']} logical cores "
         f"({machine['schedulable_cores']} schedulable), {machine['threads_per_peer']} threads; "
@@ -271,7 +276,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"Single step: FAILED: {single.get('error', '?')}")
     lines += [
         "",
-        "| S | vmapped ms/step | seeds/s | S x single / vmapped |",
+        "| S | population ms/step | seeds/s | S x single / population |",
         "|---|---|---|---|",
     ]
     for r in report["rows"]:
@@ -324,18 +329,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "config": {"batch": args.batch, "length": args.length, "seeds": list(args.seeds),
                    "repeats": args.repeats, "warmup": args.warmup, "rounds": args.rounds,
-                   "threads": args.threads, "tuning": args.tuning, "sets": list(args.sets)},
+                   "threads": args.threads, "tuning": args.tuning, "sets": list(args.sets),
+                   "mode": args.mode},
         "single": single,
         "rows": summarize(args, runs),
         "runs": runs,
     }
     table = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "population_step.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "population_step.md").write_text(table)
+    base = args.out / f"population_step_{args.mode}"
+    base.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    base.with_suffix(".md").write_text(table)
     print(table)
-    print(f"wrote {args.out / 'population_step.json'} and {args.out / 'population_step.md'}",
-          file=sys.stderr)
+    print(f"wrote {base}.json and {base}.md", file=sys.stderr)
     return 0
 
 

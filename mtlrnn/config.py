@@ -398,7 +398,8 @@ class TrainConfig:
     num_seeds: int = _opt(
         1,
         "seeds train.seed, train.seed + 1, ... trained together in one process, one jitted "
-        "step vmapped over their stacked states; each seed's run goes to <workdir>/seed<seed>",
+        "step over their stacked states (train.population_mode); each seed's run goes to "
+        "<workdir>/seed<seed>",
         min=1,
     )
     eval_every: int = _opt(0, "evaluate every this many steps; 0 = only at the end", min=0)
@@ -417,6 +418,12 @@ class TrainConfig:
         "a NaN/inf loss or gradient leaves the state unchanged; then skip (count it and go "
         "on) or stop (at the next log step: save the last good state, exit non-zero naming "
         "the first bad step and its tasks)",
+    )
+    population_mode: Literal["auto", "vmap", "map"] = _opt(
+        "auto",
+        "how the seeds of train.num_seeds share the step: vmap (one batched program, for "
+        "accelerators), map (one seed after another inside the compiled step, for CPUs, where "
+        "batching does not pay) or auto (map on CPU, vmap elsewhere)",
     )
     patience: int = _opt(
         0,

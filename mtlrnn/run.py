@@ -71,6 +71,7 @@ from mtlrnn.train import make_eval_step
 from mtlrnn.train import make_optimizer
 from mtlrnn.train import make_train_step
 from mtlrnn.train import params_sha256
+from mtlrnn.train import population_step
 from mtlrnn.training.flops import matmul_flops
 from mtlrnn.training.flops import peak_flops
 from mtlrnn.training.hooks import Checkpoints
@@ -172,6 +173,7 @@ RESUMABLE_KEYS = (
     "train.compile_cache",
     "train.prefetch",
     "train.patience",  # like train.steps, where the run ends
+    "train.population_mode",
     # How the trunk is computed, not what it computes (same math up to float rounding).
     "model.impl",
     "model.scan",
@@ -573,6 +575,7 @@ class _Setup:
     schedule: Any
     population: bool
     data_sha: str | None = None  # the fingerprint of fit(data=...)'s data
+    population_mode: str | None = None  # vmap or map, once the step is built
 
     def stream(self, seed: int, step: int) -> Iterator[dict[str, Any]]:
         """Seed ``seed``'s training batches from step ``step`` on."""
@@ -1023,7 +1026,12 @@ def _compile(setup: _Setup, members: list[_Member]) -> tuple[Any, Any]:
         state = jax.device_put(stacked, placement.batch_sharding())
     else:
         state = placement.state(stacked)
-    return jax.jit(jax.vmap(step_fn), donate_argnums=0), state
+    # A mesh holds each seed on its own device(s): the seeds must run side by side (vmap).
+    mode = "vmap" if placement.mode == "mesh" else setup.cfg.train.population_mode
+    if mode == "auto":
+        mode = "map" if jax.default_backend() == "cpu" else "vmap"
+    setup.population_mode = mode
+    return jax.jit(population_step(step_fn, mode), donate_argnums=0), state
 
 
 def _population_batches(setup: _Setup, members: list[_Member]) -> Iterator[dict[str, Any]]:
@@ -1104,6 +1112,7 @@ def _finish(
             "weighting": cfg.weighting.name,
             "seed": m.seed,
             "population": population,
+            "population_mode": setup.population_mode,
             "data_sha256": setup.data_sha,
             "wall_s": time.perf_counter() - wall0,
             "devices": setup.placement.num_devices,

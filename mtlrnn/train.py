@@ -509,6 +509,32 @@ def _update(
     return new_state, metrics
 
 
+#: How the S seeds of a population step share the step: ``vmap`` batches them into one
+#: program (every op S times wider: the gain on accelerators), ``map`` runs the one-seed step
+#: for each in turn inside one compiled step (``lax.map``; on CPUs, where batching the
+#: recurrence does not pay: benchmarks/RESULTS.md), ``auto`` picks map on CPU, vmap elsewhere.
+POPULATION_MODES = ("auto", "vmap", "map")
+
+
+def population_step(step: StepFn, mode: str = "vmap", platform: str | None = None) -> StepFn:
+    """The step of a population: ``step`` over S stacked states and batches (leading axis),
+    by ``mode`` (:data:`POPULATION_MODES`; ``auto`` by ``platform``, default JAX's backend).
+    Un-jitted, like ``step``."""
+    if mode not in POPULATION_MODES:
+        raise ValueError(
+            f"train.population_mode: must be one of {', '.join(POPULATION_MODES)}; got {mode!r}"
+        )
+    if mode == "auto":
+        mode = "map" if (platform or jax.default_backend()) == "cpu" else "vmap"
+    if mode == "vmap":
+        return jax.vmap(step)
+
+    def mapped(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, chex.Array]]:
+        return jax.lax.map(lambda pair: step(*pair), (state, batch))
+
+    return mapped
+
+
 def head_grads(jac_heads: Any, info: Mapping[str, chex.Array]) -> Any:
     """The heads' gradient from per-task head gradients ``[K, ...]`` (each task's rows are
     non-zero only on its own head): their sum, or with ``info["head_weights"]: [K]`` (a

@@ -57,7 +57,8 @@ def _params(workdir):
 def population(tmp_path_factory):
     """A 2-seed population run, uninterrupted: ``(workdir, result)``."""
     workdir = tmp_path_factory.mktemp("population") / "pop"
-    result = run.fit(load_config(None, [*BASE, "train.num_seeds=2"]), workdir, verbose=False)
+    cfg = load_config(None, [*BASE, "train.num_seeds=2", "train.population_mode=vmap"])
+    result = run.fit(cfg, workdir, verbose=False)
     return workdir, result
 
 
@@ -131,7 +132,7 @@ class _StopAt(Hook):
 def test_population_resumes_exactly(population, tmp_path):
     workdir, result = population
     want = {s: result["seeds"][s]["params_sha256"] for s in ("0", "1")}
-    cfg = load_config(None, [*BASE, "train.num_seeds=2"])
+    cfg = load_config(None, [*BASE, "train.num_seeds=2", "train.population_mode=vmap"])
     out = tmp_path / "pop"
     stopped = run.fit(cfg, out, verbose=False, hooks=[_StopAt(20)])
     assert stopped["interrupted"] and stopped["step"] == 20
@@ -148,6 +149,22 @@ def test_population_resumes_exactly(population, tmp_path):
     # Complete: a rerun trains nothing and reports the same seeds.
     again = run.fit(cfg, out, verbose=False)
     assert {s: again["seeds"][s]["params_sha256"] for s in ("0", "1")} == want
+
+
+def test_map_mode_equals_vmap_mode(population, tmp_path):
+    """population_mode map (one seed after another inside the step; auto on CPU) trains the
+    same seeds as vmap."""
+    workdir, result = population
+    cfg = load_config(None, [*BASE, "train.num_seeds=2", "train.population_mode=auto"])
+    mapped = run.fit(cfg, tmp_path / "map", verbose=False)
+    for seed in ("0", "1"):
+        assert mapped["seeds"][seed]["run"]["population_mode"] == "map"
+        assert result["seeds"][seed]["run"]["population_mode"] == "vmap"
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+            _params(tmp_path / "map" / f"seed{seed}"),
+            _params(workdir / f"seed{seed}"),
+        )
 
 
 def test_population_refusals(tmp_path):
