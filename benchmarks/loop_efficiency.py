@@ -50,10 +50,15 @@ def _env() -> dict[str, str]:
 
 
 def isolated(overrides: list[str], steps: int, repeats: int) -> dict[str, Any]:
-    """In this process: the median ms per step of the config's jitted step, back to back."""
+    """In this process: the median ms per step of the config's jitted step, back to back,
+    with the process settings `mtlrnn train` applies first (mtlrnn/cpu_tuning.py)."""
+    from mtlrnn import cpu_tuning
+    from mtlrnn.cli import _largest_buffer
+    from mtlrnn.config import load_config
+
+    cpu_tuning.apply(largest_buffer=_largest_buffer(load_config(None, overrides)))
     import jax
 
-    from mtlrnn.config import load_config
     from mtlrnn.config import resolve_tasks
     from mtlrnn.data.batching import train_batches
     from mtlrnn.run import load_suite
