@@ -119,8 +119,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _largest_buffer(cfg: Any, seeds: int | None = None) -> int | None:
     """Estimated bytes of the trunk's largest activation buffer for ``cfg`` (None when the
-    longest sequence is not known before the data is read); a population step
-    (``train.num_seeds``, or ``seeds`` trained together) holds every seed's."""
+    longest sequence is not known before the data is read); a vmapped population step
+    (``train.num_seeds``, or ``seeds`` trained together, with ``train.population_mode:
+    vmap``) holds every seed's at once. (The tuning applies on CPU only, where ``auto`` is
+    ``map``: one seed's buffers at a time.)"""
     from mtlrnn.cpu_tuning import largest_buffer_bytes
     from mtlrnn.trunk import cell_gates
 
@@ -131,7 +133,9 @@ def _largest_buffer(cfg: Any, seeds: int | None = None) -> int | None:
     else:
         return None
     return largest_buffer_bytes(
-        batch=cfg.train.batch_size * (seeds or cfg.train.num_seeds),
+        batch=cfg.train.batch_size * (seeds or cfg.train.num_seeds)
+        if cfg.train.population_mode == "vmap"
+        else cfg.train.batch_size,
         length=length,
         hidden=cfg.model.hidden_size,
         gates=cell_gates(cfg.model.cell),
