@@ -48,13 +48,7 @@ GOAL_RATIO = 1.2
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from err
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive ints, got {text!r}")
-    return values
+    return throughput.common.int_list(text, 1, "population sizes")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -54,13 +54,7 @@ MODE_TITLES = {
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from err
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"need one or more task counts >= 1, got {text!r}")
-    return values
+    return throughput.common.int_list(text, 1, "task counts")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

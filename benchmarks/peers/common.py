@@ -85,14 +85,19 @@ class Runner:
     finish: Callable[[], dict[str, Any]] | None = None
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def int_list(text: str, minimum: int = 1, what: str = "ints") -> tuple[int, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)`` for argparse; ArgumentTypeError below ``minimum``."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from err
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(f"need one or more class counts >= 2, got {text!r}")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"need one or more {what} >= {minimum}, got {text!r}")
     return values
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return int_list(text, 2, "class counts")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
