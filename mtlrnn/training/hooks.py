@@ -115,7 +115,6 @@ class EarlyStop(Hook):
 
     Attributes:
       best, best_step: the best value so far and its step (None before any evaluation).
-      stopped_at: the step it stopped the loop at, or None.
     """
 
     def __init__(
@@ -132,7 +131,6 @@ class EarlyStop(Hook):
         self.best: float | None = None
         self.best_step: int | None = None
         self.since = 0  # evaluations since the best
-        self.stopped_at: int | None = None
         for step, flat in history:
             self._see(step, flat)
 
@@ -155,7 +153,6 @@ class EarlyStop(Hook):
             return
         self._see(*last)
         if self.since >= self.patience:
-            self.stopped_at = loop.step
             loop.request_stop("early_stop")
 
 
