@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="vectorize",
         action="store_false",
         help="train each seed as its own run (default: a method's seeds train together in "
-        "one vmapped step, train.num_seeds)",
+        "one compiled step, train.num_seeds)",
     )
     cmp.add_argument("--shard", metavar="I/N", help="only runs whose index %% N == I (0-based)")
     cmp.add_argument("--split", default="test", help="evaluation split compared (default: test)")

@@ -41,7 +41,7 @@ list up front (runs whose index modulo ``N`` is ``I``); shards on several machin
 shared ``<outdir>`` together train every run once.
 
 By default the seeds of one method (or baseline) train together as one population run
-(``train.num_seeds``: one vmapped step over the seeds' stacked states, :func:`mtlrnn.run.fit`)
+(``train.num_seeds``: one compiled step over the seeds' stacked states, :func:`mtlrnn.run.fit`)
 into the same ``runs/<m>/seed<seed>`` directories, each an ordinary run equal to a separate
 run of that seed up to float rounding; finished or locked seeds are left out and the rest
 train in blocks of consecutive seeds. ``--no-vectorize`` trains every run on its own.
@@ -808,7 +808,7 @@ def execute(
       lock_lease_s: seconds after which a lock held from another host and not renewed is
         stale (None: ``$MTLRNN_LOCK_LEASE_S``, else 300).
       vectorize: train each method's (and baseline's) seeds of this shard together, as one
-        population run (``train.num_seeds``, one vmapped step: :func:`mtlrnn.run.fit`);
+        population run (``train.num_seeds``, one compiled step: :func:`mtlrnn.run.fit`);
         False: one process or call per run.
 
     Returns:
