@@ -679,8 +679,9 @@ def fit(
     says so and returns that summary.
 
     Population (``train.num_seeds = S > 1``): seeds ``train.seed .. train.seed + S - 1``
-    are trained together, their states stacked and one jitted step vmapped over them (each
-    step takes one batch per seed, padded in time to the longest). Seed ``s`` is an
+    are trained together, their states stacked and one jitted step over them
+    (``train.population_mode``: vmap or map; each step takes one batch per seed, padded in
+    time to the longest). Seed ``s`` is an
     ordinary run in ``<workdir>/seed<s>`` (its resolved config has ``train.seed = s`` and
     ``train.num_seeds = 1``, so ``mtlrnn eval``/``predict`` and a resume by itself work on
     it), equal to a separate run of that seed up to float rounding; ``<workdir>/
@@ -1005,8 +1006,9 @@ def _start_members(
 
 
 def _compile(setup: _Setup, members: list[_Member]) -> tuple[Any, Any]:
-    """The step to run (jitted; vmapped over the seeds of a population) and the placed
-    state (a restored state is placed like a fresh one, so the step compiles identically)."""
+    """The step to run (jitted; over a population's seeds by ``train.population_mode``) and
+    the placed state (a restored state is placed like a fresh one, so the step compiles
+    identically)."""
     placement = setup.placement
     step_fn = make_train_step(
         setup.model,
