@@ -61,12 +61,12 @@ def isolated(overrides: list[str], steps: int, repeats: int) -> dict[str, Any]:
 
     from mtlrnn.config import resolve_tasks
     from mtlrnn.data.batching import train_batches
-    from mtlrnn.run import load_suite
-    from mtlrnn.run import model_for
-    from mtlrnn.train import build_strategy
-    from mtlrnn.train import create_train_state
-    from mtlrnn.train import make_optimizer
-    from mtlrnn.train import make_train_step
+    from mtlrnn.training.run import load_suite
+    from mtlrnn.training.run import model_for
+    from mtlrnn.training.step import build_strategy
+    from mtlrnn.training.step import create_train_state
+    from mtlrnn.training.step import make_optimizer
+    from mtlrnn.training.step import make_train_step
 
     cfg = load_config(None, overrides)
     suite = load_suite(cfg)

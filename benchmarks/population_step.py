@@ -7,7 +7,7 @@ harness times, each configuration in its own subprocess with the same thread env
 
   * ``single``: ``jax.jit(step, donate_argnums=0)`` on one seed's state and batch;
   * ``S`` in ``--seeds``: ``jax.jit(jax.vmap(step), donate_argnums=0)`` on S stacked states
-    and a stacked batch ``[S, B, L, ...]``, as ``mtlrnn.run`` builds it for
+    and a stacked batch ``[S, B, L, ...]``, as ``mtlrnn.training.run`` builds it for
     ``train.num_seeds = S``.
 
 Every seed trains on its own fixed batch (its stream's first batch, padded to ``--length``)
@@ -94,12 +94,12 @@ def build(args: argparse.Namespace, seeds: int) -> tuple[Any, list[Any], list[di
     from mtlrnn.config import resolve_tasks
     from mtlrnn.data.batching import pad_time
     from mtlrnn.data.batching import train_batches
-    from mtlrnn.sources import load_data
-    from mtlrnn.train import build_model
-    from mtlrnn.train import build_strategy
-    from mtlrnn.train import create_train_state
-    from mtlrnn.train import make_optimizer
-    from mtlrnn.train import make_train_step
+    from mtlrnn.data.sources import load_data
+    from mtlrnn.training.step import build_model
+    from mtlrnn.training.step import build_strategy
+    from mtlrnn.training.step import create_train_state
+    from mtlrnn.training.step import make_optimizer
+    from mtlrnn.training.step import make_train_step
 
     cfg = apply_overrides(default_config(), [f"train.batch_size={args.batch}", *args.sets])
     data = load_data(cfg.data)
@@ -132,7 +132,7 @@ def tune(args: argparse.Namespace, seeds: int) -> dict[str, bool]:
     from mtlrnn import cpu_tuning
     from mtlrnn.config import apply_overrides
     from mtlrnn.config import default_config
-    from mtlrnn.trunk import cell_gates
+    from mtlrnn.model.trunk import cell_gates
 
     cfg = apply_overrides(default_config(), args.sets)
     largest = cpu_tuning.largest_buffer_bytes(
@@ -159,7 +159,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         state = states[0]
         batch = jax.tree.map(jnp.asarray, batches[0])
     else:
-        from mtlrnn.train import population_step
+        from mtlrnn.training.step import population_step
 
         fn = jax.jit(population_step(step, args.mode), donate_argnums=0)
         state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)

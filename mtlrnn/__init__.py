@@ -24,26 +24,26 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Config": "mtlrnn.config",
     "ConfigError": "mtlrnn.config",
-    "MultiTaskRNN": "mtlrnn.model",
+    "MultiTaskRNN": "mtlrnn.model.multitask",
     "TaskSpec": "mtlrnn.tasks",
-    "TrainState": "mtlrnn.train",
-    "Trunk": "mtlrnn.trunk",
-    "batch_stats": "mtlrnn.metrics",
-    "create_train_state": "mtlrnn.train",
+    "TrainState": "mtlrnn.training.step",
+    "Trunk": "mtlrnn.model.trunk",
+    "batch_stats": "mtlrnn.training.metrics",
+    "create_train_state": "mtlrnn.training.step",
     "default_config": "mtlrnn.config",
-    "evaluate": "mtlrnn.run",
-    "finalize": "mtlrnn.metrics",
-    "fit": "mtlrnn.run",
-    "get_cell": "mtlrnn.cells",
-    "gradients": "mtlrnn.gradients",
-    "interop": "mtlrnn.interop",
+    "evaluate": "mtlrnn.training.run",
+    "finalize": "mtlrnn.training.metrics",
+    "fit": "mtlrnn.training.run",
+    "get_cell": "mtlrnn.model.cells",
+    "gradients": "mtlrnn.training.gradients",
+    "interop": "mtlrnn.model.interop",
     "load_config": "mtlrnn.config",
-    "load_data": "mtlrnn.sources",
-    "make_eval_step": "mtlrnn.train",
-    "make_optimizer": "mtlrnn.train",
-    "make_train_step": "mtlrnn.train",
-    "params_sha256": "mtlrnn.train",
-    "task_losses": "mtlrnn.losses",
+    "load_data": "mtlrnn.data.sources",
+    "make_eval_step": "mtlrnn.training.step",
+    "make_optimizer": "mtlrnn.training.step",
+    "make_train_step": "mtlrnn.training.step",
+    "params_sha256": "mtlrnn.training.step",
+    "task_losses": "mtlrnn.training.losses",
     "weighting": "mtlrnn.weighting",
 }
 
@@ -89,26 +89,26 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; not executed
-    from mtlrnn import gradients
-    from mtlrnn import interop
     from mtlrnn import weighting
-    from mtlrnn.cells import get_cell
     from mtlrnn.config import Config
     from mtlrnn.config import ConfigError
     from mtlrnn.config import default_config
     from mtlrnn.config import load_config
-    from mtlrnn.losses import task_losses
-    from mtlrnn.metrics import batch_stats
-    from mtlrnn.metrics import finalize
-    from mtlrnn.model import MultiTaskRNN
-    from mtlrnn.run import evaluate
-    from mtlrnn.run import fit
-    from mtlrnn.sources import load_data
+    from mtlrnn.data.sources import load_data
+    from mtlrnn.model import interop
+    from mtlrnn.model.cells import get_cell
+    from mtlrnn.model.multitask import MultiTaskRNN
+    from mtlrnn.model.trunk import Trunk
     from mtlrnn.tasks import TaskSpec
-    from mtlrnn.train import TrainState
-    from mtlrnn.train import create_train_state
-    from mtlrnn.train import make_eval_step
-    from mtlrnn.train import make_optimizer
-    from mtlrnn.train import make_train_step
-    from mtlrnn.train import params_sha256
-    from mtlrnn.trunk import Trunk
+    from mtlrnn.training import gradients
+    from mtlrnn.training.losses import task_losses
+    from mtlrnn.training.metrics import batch_stats
+    from mtlrnn.training.metrics import finalize
+    from mtlrnn.training.run import evaluate
+    from mtlrnn.training.run import fit
+    from mtlrnn.training.step import TrainState
+    from mtlrnn.training.step import create_train_state
+    from mtlrnn.training.step import make_eval_step
+    from mtlrnn.training.step import make_optimizer
+    from mtlrnn.training.step import make_train_step
+    from mtlrnn.training.step import params_sha256

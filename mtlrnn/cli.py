@@ -124,7 +124,7 @@ def _largest_buffer(cfg: Any, seeds: int | None = None) -> int | None:
     vmap``) holds every seed's at once. (The tuning applies on CPU only, where ``auto`` is
     ``map``: one seed's buffers at a time.)"""
     from mtlrnn.cpu_tuning import largest_buffer_bytes
-    from mtlrnn.trunk import cell_gates
+    from mtlrnn.model.trunk import cell_gates
 
     if cfg.data.buckets:
         length = max(cfg.data.buckets)
@@ -165,7 +165,7 @@ def _train_config(args: argparse.Namespace) -> Any:
     --workdir (so extending a run needs only --set train.steps=N), else the defaults."""
     from mtlrnn.config import load_config
     from mtlrnn.reporting import LOGGER
-    from mtlrnn.workdir import saved_config_path
+    from mtlrnn.training.workdir import saved_config_path
 
     path = args.config
     if path is None and args.workdir is not None and not args.overwrite:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = _train_config(args)
             # Before the first JAX computation (see mtlrnn/cpu_tuning.py).
             cpu_tuning.apply(largest_buffer=_largest_buffer(cfg))
-            from mtlrnn.run import fit
+            from mtlrnn.training.run import fit
 
             summary = fit(cfg, args.workdir, verbose=not args.quiet, overwrite=args.overwrite)
             if summary.get("interrupted"):
@@ -247,14 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             cpu_tuning.apply()
-            from mtlrnn.run import evaluate
+            from mtlrnn.training.run import evaluate
 
             as_json = args.json or args.quiet
             result = evaluate(args.workdir, verbose=not as_json, checkpoint=args.checkpoint)
             if as_json:
                 print(json.dumps(json_safe(result), sort_keys=True))
     except RuntimeError as e:
-        from mtlrnn.run import NonFiniteError
+        from mtlrnn.training.run import NonFiniteError
 
         if not isinstance(e, NonFiniteError):
             raise

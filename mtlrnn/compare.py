@@ -41,7 +41,8 @@ list up front (runs whose index modulo ``N`` is ``I``); shards on several machin
 shared ``<outdir>`` together train every run once.
 
 By default the seeds of one method (or baseline) train together as one population run
-(``train.num_seeds``: one compiled step over the seeds' stacked states, :func:`mtlrnn.run.fit`)
+(``train.num_seeds``: one compiled step over the seeds' stacked states,
+:func:`mtlrnn.training.run.fit`)
 into the same ``runs/<m>/seed<seed>`` directories, each an ordinary run equal to a separate
 run of that seed up to float rounding; finished or locked seeds are left out and the rest
 train in blocks of consecutive seeds. ``--no-vectorize`` trains every run on its own.
@@ -97,17 +98,17 @@ from mtlrnn.config import apply_overrides
 from mtlrnn.config import flat_dict
 from mtlrnn.config import load_config
 from mtlrnn.config import resolve_tasks
+from mtlrnn.data.sources import absolute_paths
+from mtlrnn.data.sources import load_data
 from mtlrnn.delta import delta_m
 from mtlrnn.delta import delta_p
 from mtlrnn.delta import summarize_seeds
 from mtlrnn.fileio import atomic_writer
 from mtlrnn.fileio import write_text_atomic
 from mtlrnn.reporting import json_safe
-from mtlrnn.runlock import Lock
-from mtlrnn.runlock import acquire
-from mtlrnn.runlock import lease_seconds
-from mtlrnn.sources import absolute_paths
-from mtlrnn.sources import load_data
+from mtlrnn.training.runlock import Lock
+from mtlrnn.training.runlock import acquire
+from mtlrnn.training.runlock import lease_seconds
 
 __all__ = [
     "Run",
@@ -396,7 +397,7 @@ def _config_diff(a: Config, b: Config) -> list[str]:
 
 def _check_finished(planned: Sequence[tuple[Run, Config]], outdir: str) -> None:
     """A finished run must have been trained with the config the plan gives it now."""
-    from mtlrnn.run import load_run
+    from mtlrnn.training.run import load_run
 
     for run, run_cfg in planned:
         if not os.path.isfile(os.path.join(run.workdir, "summary.json")):
@@ -503,7 +504,7 @@ def _log_tail(path: str, lines: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Accelerators per job (mtlrnn.accelerators) and run locks (mtlrnn.runlock)
+# Accelerators per job (mtlrnn.accelerators) and run locks (mtlrnn.training.runlock)
 # --------------------------------------------------------------------------------------------
 
 
@@ -537,8 +538,8 @@ def _slot_envs(jobs: int, environ: Mapping[str, str], verbose: bool) -> list[dic
 
 
 def _train_in_process(run: Run) -> str | None:
-    """Train ``run`` with :func:`mtlrnn.run.fit`; the error text on failure, else None."""
-    from mtlrnn import run as run_module
+    """Train ``run`` with :func:`mtlrnn.training.run.fit`; the error text on failure, else None."""
+    from mtlrnn.training import run as run_module
 
     try:
         cfg = load_config(run.config_path, run.overrides)
@@ -628,8 +629,8 @@ def _units(runs: Sequence[tuple[int, Run]], vectorize: bool) -> list[list[tuple[
 
 def _train_population_in_process(runs: Sequence[Run]) -> str | None:
     """Train ``runs`` (consecutive seeds of one method) as one population with
-    :func:`mtlrnn.run.fit`; the error text on failure, else None."""
-    from mtlrnn import run as run_module
+    :func:`mtlrnn.training.run.fit`; the error text on failure, else None."""
+    from mtlrnn.training import run as run_module
 
     parent = os.path.dirname(runs[0].workdir)
     try:
@@ -799,7 +800,7 @@ def execute(
     Args:
       runs: the plan, as from :func:`plan_runs`.
       jobs: runs trained at once. 1: one after another in this process with
-        :func:`mtlrnn.run.fit`; more: as ``python -m mtlrnn.cli train`` subprocesses, each
+        :func:`mtlrnn.training.run.fit`; more: as ``python -m mtlrnn.cli train`` subprocesses, each
         writing ``<workdir>/train.log`` and each job slot seeing its own accelerators
         (see the module docstring).
       shard: ``"I/N"`` or ``(I, N)``: only the runs whose index in ``runs`` modulo ``N`` is
@@ -808,7 +809,7 @@ def execute(
       lock_lease_s: seconds after which a lock held from another host and not renewed is
         stale (None: ``$MTLRNN_LOCK_LEASE_S``, else 300).
       vectorize: train each method's (and baseline's) seeds of this shard together, as one
-        population run (``train.num_seeds``, one compiled step: :func:`mtlrnn.run.fit`);
+        population run (``train.num_seeds``, one compiled step: :func:`mtlrnn.training.run.fit`);
         False: one process or call per run.
 
     Returns:

@@ -57,20 +57,20 @@ from mtlrnn.data.batching import make_batch
 from mtlrnn.data.conllu_reader import FEATS_PREFIX
 from mtlrnn.data.conllu_reader import read_conllu
 from mtlrnn.data.dataset import SequenceDataset
+from mtlrnn.data.sources import Data
 from mtlrnn.data.text import encode_words
 from mtlrnn.data.text import utf8_error
 from mtlrnn.data.text import vocabs_from_dict
 from mtlrnn.data.vocab import Vocabulary
 from mtlrnn.fileio import atomic_writer
 from mtlrnn.fileio import same_file
-from mtlrnn.heads import group_tasks
+from mtlrnn.model.heads import group_tasks
 from mtlrnn.reporting import LOGGER
-from mtlrnn.run import load_run
-from mtlrnn.run import load_trained
-from mtlrnn.run import parse_checkpoint
-from mtlrnn.sources import Data
 from mtlrnn.tasks import TaskSpec
-from mtlrnn.workdir import VOCAB_FILE
+from mtlrnn.training.run import load_run
+from mtlrnn.training.run import load_trained
+from mtlrnn.training.run import parse_checkpoint
+from mtlrnn.training.workdir import VOCAB_FILE
 
 # CoNLL-U column index of each predictable task column.
 CONLLU_COLUMN = {"upos": 3, "xpos": 4, "feats": 5, "deprel": 7}

@@ -2,7 +2,7 @@
 
 References: PyTorch's documented equations for nn.LSTM / nn.GRU / nn.RNN
 (https://pytorch.org/docs/stable/generated/torch.nn.LSTM.html, .../torch.nn.GRU.html,
-.../torch.nn.RNN.html) computed by hand in numpy, and `mtlrnn.cells.reference_layer`, which
+.../torch.nn.RNN.html) computed by hand in numpy, and `mtlrnn.model.cells.reference_layer`, which
 steps each sequence over its valid prefix in Python (the Flax recurrent.py test pattern:
 compare the scanned layer with stepping the cell by hand).
 """
@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.cells import CELLS
-from mtlrnn.cells import get_cell
-from mtlrnn.cells import reference_layer
-from mtlrnn.trunk import Trunk
+from mtlrnn.model.cells import CELLS
+from mtlrnn.model.cells import get_cell
+from mtlrnn.model.cells import reference_layer
+from mtlrnn.model.trunk import Trunk
 
 B, L, IN, H = 4, 6, 3, 5  # batch, time, input width, hidden
 LENGTHS = np.array([L, 0, 3, 1])  # full, empty, partial, single step

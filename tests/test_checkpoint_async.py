@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtlrnn import checkpoint
-from mtlrnn.train import TrainState
+from mtlrnn.training import checkpoint
+from mtlrnn.training.step import TrainState
 
 
 def _state(value: float) -> TrainState:

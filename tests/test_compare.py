@@ -1,7 +1,7 @@
 """``mtlrnn compare``: planning, resumable and shardable execution, and the Δm/Δp report.
 
 The end-to-end tests train tiny real runs; the execution-logic tests replace
-``mtlrnn.run.fit`` by a stub that writes a summary, and the report tests read hand-written
+``mtlrnn.training.run.fit`` by a stub that writes a summary, and the report tests read hand-written
 summary.json files whose Δm/Δp are computed by hand in the comments.
 """
 
@@ -16,7 +16,6 @@ import statistics
 
 import pytest
 
-from mtlrnn import run as run_module
 from mtlrnn.cli import main
 from mtlrnn.compare import Run
 from mtlrnn.compare import compare
@@ -29,6 +28,7 @@ from mtlrnn.config import load_config
 from mtlrnn.delta import delta_m
 from mtlrnn.delta import delta_p
 from mtlrnn.delta import summarize_seeds
+from mtlrnn.training import run as run_module
 
 # The smallest config that still trains: a few sequences, a 4-unit RNN, 2 steps.
 TINY = [
@@ -236,7 +236,7 @@ def test_jobs_run_as_subprocesses(tmp_path):
 
 @pytest.fixture
 def fake_fit(monkeypatch):
-    """``mtlrnn.run.fit`` that writes config.yaml and a summary in no time; records calls."""
+    """``mtlrnn.training.run.fit`` writing config.yaml and a summary in no time; records calls."""
     calls = []
 
     def fit(cfg, workdir, *, verbose=True):

@@ -1,7 +1,7 @@
 """``mtlrnn compare`` keeps to the directory it was given, writes atomically, lets a lock
 expire with its holder, and gives each job its own accelerators.
 
-Training is replaced by a stub of ``mtlrnn.run.fit`` (or of the ``mtlrnn train``
+Training is replaced by a stub of ``mtlrnn.training.run.fit`` (or of the ``mtlrnn train``
 subprocess) that writes a summary, so every test runs in a second or two.
 """
 
@@ -19,8 +19,6 @@ import pytest
 
 from mtlrnn import accelerators
 from mtlrnn import compare as compare_module
-from mtlrnn import run as run_module
-from mtlrnn import runlock
 from mtlrnn.compare import assign_devices
 from mtlrnn.compare import compare
 from mtlrnn.compare import execute
@@ -29,6 +27,8 @@ from mtlrnn.compare import plan_runs
 from mtlrnn.config import ConfigError
 from mtlrnn.config import dump_yaml
 from mtlrnn.config import load_config
+from mtlrnn.training import run as run_module
+from mtlrnn.training import runlock
 
 # As tests/test_compare.py: the smallest synthetic config (never trained here).
 TINY = [
@@ -58,7 +58,7 @@ def _summary(cfg) -> dict:
 
 @pytest.fixture
 def fake_fit(monkeypatch):
-    """``mtlrnn.run.fit`` that writes config.yaml and a summary; records the workdirs."""
+    """``mtlrnn.training.run.fit`` that writes config.yaml and a summary; records the workdirs."""
     calls = []
 
     def fit(cfg, workdir, *, verbose=True):
@@ -393,7 +393,7 @@ def test_two_processes_taking_over_one_stale_lock_leave_one_holder(tmp_path):
 
 _CONTENDER = """
 import sys, time
-from mtlrnn.runlock import acquire as _acquire
+from mtlrnn.training.runlock import acquire as _acquire
 path, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.001)

@@ -1,4 +1,4 @@
-"""Dropout draws do not depend on how far a batch is padded in time (mtlrnn/dropout.py).
+"""Dropout draws do not depend on how far a batch is padded in time (mtlrnn/model/dropout.py).
 
 The population mode pads several seeds' batches to the longest bucket among them, so a
 seed's trajectory with dropout on must not change when its batch is padded from L to L' > L:
@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.dropout import TimeDropout
-from mtlrnn.dropout import time_bernoulli
-from mtlrnn.losses import task_losses
-from mtlrnn.model import MultiTaskRNN
+from mtlrnn.model.dropout import TimeDropout
+from mtlrnn.model.dropout import time_bernoulli
+from mtlrnn.model.multitask import MultiTaskRNN
 from mtlrnn.tasks import TaskSpec
+from mtlrnn.training.losses import task_losses
 
 TASKS = (
     TaskSpec("tag", "token", "classification", num_classes=5),

@@ -11,11 +11,11 @@ import pytest
 from mtlrnn.cli import main
 from mtlrnn.config import ConfigError
 from mtlrnn.config import load_config
+from mtlrnn.data.sources import check_labels
+from mtlrnn.data.sources import load_data
 from mtlrnn.fileio import atomic_writer
 from mtlrnn.fileio import write_text_atomic
 from mtlrnn.reporting import history_figures
-from mtlrnn.sources import check_labels
-from mtlrnn.sources import load_data
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
 
@@ -75,7 +75,7 @@ def test_single_class_and_unlabelled_dev_are_warned_about(tmp_path):
 
 def test_masked_task_without_labels_is_refused(tmp_path):
     from mtlrnn.data.dataset import SequenceDataset
-    from mtlrnn.sources import Data
+    from mtlrnn.data.sources import Data
     from mtlrnn.tasks import TaskSpec
 
     spec = TaskSpec("y", "sequence", "regression", dim=1)

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from mtlrnn.model.trunk import Trunk
 from mtlrnn.training.flops import matmul_flops
 from mtlrnn.training.flops import peak_flops
-from mtlrnn.trunk import Trunk
 
 
 def _recurrence(x, w):

@@ -1,5 +1,5 @@
 """The fast trunk paths against the reference: fused custom VJP vs plain autodiff scan,
-rematerialised vs not, linear cells in the trunk vs :mod:`mtlrnn.mincells` directly."""
+rematerialised vs not, linear cells in the trunk vs :mod:`mtlrnn.model.mincells` directly."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn import mincells
-from mtlrnn.fused import fused_recurrence
-from mtlrnn.trunk import Trunk
-from mtlrnn.trunk import _autodiff_recurrence
-from mtlrnn.trunk import recurrent_layer
+from mtlrnn.model import mincells
+from mtlrnn.model.fused import fused_recurrence
+from mtlrnn.model.trunk import Trunk
+from mtlrnn.model.trunk import _autodiff_recurrence
+from mtlrnn.model.trunk import recurrent_layer
 
 B, L, IN, H = 4, 7, 5, 6
 LENGTHS = np.array([7, 3, 0, 5], np.int32)

@@ -10,14 +10,14 @@ import numpy as np
 import optax
 import pytest
 
-from mtlrnn.gradients import gramian
-from mtlrnn.gradients import task_jacobian
-from mtlrnn.losses import task_losses
-from mtlrnn.model import MultiTaskRNN
+from mtlrnn.model.multitask import MultiTaskRNN
 from mtlrnn.tasks import TaskSpec
-from mtlrnn.train import create_train_state
-from mtlrnn.train import make_train_step
-from mtlrnn.train import split_params
+from mtlrnn.training.gradients import gramian
+from mtlrnn.training.gradients import task_jacobian
+from mtlrnn.training.losses import task_losses
+from mtlrnn.training.step import create_train_state
+from mtlrnn.training.step import make_train_step
+from mtlrnn.training.step import split_params
 from mtlrnn.weighting import get
 from mtlrnn.weighting.base import gradient_strategy
 

@@ -10,15 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.heads import group_tasks
-from mtlrnn.heads import pool
-from mtlrnn.losses import task_losses
-from mtlrnn.metrics import accumulate
-from mtlrnn.metrics import batch_stats
-from mtlrnn.metrics import finalize
-from mtlrnn.metrics import macro_f1
-from mtlrnn.model import MultiTaskRNN
+from mtlrnn.model.heads import group_tasks
+from mtlrnn.model.heads import pool
+from mtlrnn.model.multitask import MultiTaskRNN
 from mtlrnn.tasks import TaskSpec
+from mtlrnn.training.losses import task_losses
+from mtlrnn.training.metrics import accumulate
+from mtlrnn.training.metrics import batch_stats
+from mtlrnn.training.metrics import finalize
+from mtlrnn.training.metrics import macro_f1
 
 TASKS = (
     TaskSpec("a", "token", "classification", num_classes=5),

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.interop import trunk_config_from_torch
-from mtlrnn.interop import trunk_params_from_torch
-from mtlrnn.interop import trunk_params_to_torch
-from mtlrnn.trunk import Trunk
+from mtlrnn.model.interop import trunk_config_from_torch
+from mtlrnn.model.interop import trunk_params_from_torch
+from mtlrnn.model.interop import trunk_params_to_torch
+from mtlrnn.model.trunk import Trunk
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)

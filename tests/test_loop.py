@@ -13,10 +13,10 @@ import pytest
 
 from mtlrnn.config import ConfigError
 from mtlrnn.config import apply_overrides
-from mtlrnn.run import fit
 from mtlrnn.training import window as windows
 from mtlrnn.training.loop import Hook
 from mtlrnn.training.prefetch import Prefetch
+from mtlrnn.training.run import fit
 
 
 class _HostReads:
@@ -252,9 +252,9 @@ def test_early_stopping_needs_a_metric_and_one_seed(tiny_config, tmp_path):
 
 
 def test_fit_on_data_in_memory(tiny_config, tmp_path):
-    from mtlrnn.run import evaluate
-    from mtlrnn.run import load_suite
-    from mtlrnn.sources import data_sha256
+    from mtlrnn.data.sources import data_sha256
+    from mtlrnn.training.run import evaluate
+    from mtlrnn.training.run import load_suite
 
     cfg = apply_overrides(tiny_config, ["train.steps=4"])
     suite = load_suite(cfg)

@@ -1,4 +1,4 @@
-"""minGRU / minLSTM as linear recurrences (mtlrnn.mincells).
+"""minGRU / minLSTM as linear recurrences (mtlrnn.model.mincells).
 
 Reference: the equations of Feng et al. 2024, "Were RNNs All We Needed?" (minGRU: Alg. 1-2,
 minLSTM with normalised gates: Alg. 3-4), stepped per row over its valid prefix in float64
@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.mincells import MIN_CELLS
-from mtlrnn.mincells import SCANS
-from mtlrnn.mincells import choose_scan
-from mtlrnn.mincells import coefficients
-from mtlrnn.mincells import linear_scan
-from mtlrnn.mincells import min_layer
+from mtlrnn.model.mincells import MIN_CELLS
+from mtlrnn.model.mincells import SCANS
+from mtlrnn.model.mincells import choose_scan
+from mtlrnn.model.mincells import coefficients
+from mtlrnn.model.mincells import linear_scan
+from mtlrnn.model.mincells import min_layer
 
 L, B, H = 7, 3, 4  # time, batch, hidden
 LENGTHS = np.array([L, 0, 4])  # full, empty, partial

@@ -92,7 +92,10 @@ def test_fsdp_across_processes_resumes_exactly_after_a_kill(tiny_overrides, tmp_
         assert code == 0, err[-3000:]
     killed = tmp_path / "killed"
     results = _two_processes(tiny_overrides, killed, *fsdp, fault_step=5)
-    assert all(code == -9 for code, _ in results), [e[-2000:] for _, e in results]
+    # Each process SIGKILLs itself at step 5; one that is inside a collective when its peer
+    # dies may instead exit with the coordination service's error first (seen under load).
+    codes = [code for code, _ in results]
+    assert -9 in codes and 0 not in codes, (codes, [e[-2000:] for _, e in results])
     assert (killed / "checkpoints" / "4").is_dir()
     assert not (killed / "summary.json").exists()
     for code, err in _two_processes(tiny_overrides, killed, *fsdp):

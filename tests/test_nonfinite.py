@@ -11,12 +11,12 @@ import pytest
 from mtlrnn.config import load_config
 from mtlrnn.config import resolve_tasks
 from mtlrnn.data.batching import train_batches
-from mtlrnn.sources import load_data
-from mtlrnn.train import build_model
-from mtlrnn.train import build_strategy
-from mtlrnn.train import create_train_state
-from mtlrnn.train import make_optimizer
-from mtlrnn.train import make_train_step
+from mtlrnn.data.sources import load_data
+from mtlrnn.training.step import build_model
+from mtlrnn.training.step import build_strategy
+from mtlrnn.training.step import create_train_state
+from mtlrnn.training.step import make_optimizer
+from mtlrnn.training.step import make_train_step
 
 
 @pytest.mark.parametrize("name, mode", [("equal", "full"), ("pcgrad", "full"), ("uw", "full")])
@@ -55,7 +55,7 @@ def test_nan_label_skips_the_update_and_names_the_task(tiny_overrides, name, mod
 def _poison(monkeypatch, at: int | tuple[int, ...]) -> None:
     """Make batch(es) ``at`` of every training stream carry NaN ``seq_value`` labels."""
     at = (at,) if isinstance(at, int) else at
-    import mtlrnn.run as run_module
+    import mtlrnn.training.run as run_module
 
     real = run_module.train_batches
 
@@ -72,7 +72,7 @@ def _poison(monkeypatch, at: int | tuple[int, ...]) -> None:
 
 
 def test_fit_skip_counts_the_step(tiny_overrides, tmp_path, monkeypatch):
-    from mtlrnn.run import fit
+    from mtlrnn.training.run import fit
 
     _poison(monkeypatch, at=3)
     cfg = load_config(None, [*tiny_overrides, "train.on_nonfinite=skip", "train.log_every=1"])
@@ -108,7 +108,7 @@ def test_fit_skip_between_log_steps_names_the_first_bad_step(tiny_overrides, tmp
                                                               monkeypatch, capsys, caplog):
     # The loop reads the device only at log steps: two bad steps (2 and 4) inside one window
     # of 5 give one record naming the first, and both are counted.
-    from mtlrnn.run import fit
+    from mtlrnn.training.run import fit
 
     _poison(monkeypatch, at=(1, 3))
     cfg = load_config(
@@ -129,8 +129,8 @@ def test_fit_skip_between_log_steps_names_the_first_bad_step(tiny_overrides, tmp
 
 def test_fit_stop_at_the_log_step_keeps_the_good_steps_after_the_bad_one(tiny_overrides,
                                                                          tmp_path, monkeypatch):
-    from mtlrnn.run import NonFiniteError
-    from mtlrnn.run import fit
+    from mtlrnn.training.run import NonFiniteError
+    from mtlrnn.training.run import fit
 
     _poison(monkeypatch, at=1)
     cfg = load_config(None, [*tiny_overrides, "train.log_every=4", "train.steps=8"])

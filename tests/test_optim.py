@@ -10,8 +10,8 @@ import pytest
 
 from mtlrnn.config import apply_overrides
 from mtlrnn.config import default_config
-from mtlrnn.train import make_optimizer
-from mtlrnn.train import make_schedule
+from mtlrnn.training.step import make_optimizer
+from mtlrnn.training.step import make_schedule
 
 
 def _opt(*overrides):

@@ -3,7 +3,7 @@
 Runs in subprocesses with 8 simulated CPU devices (XLA_FLAGS must be set before JAX starts).
 Single device, mesh, pmap and single device with 4 micro-batches train the same tiny synthetic
 job for 20 steps, with dropout on (every dropout draw depends on the row's index in the global
-batch, mtlrnn.dropout): per-task losses and parameters must agree to 1e-5.
+batch, mtlrnn.model.dropout): per-task losses and parameters must agree to 1e-5.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from mtlrnn.config import load_config, resolve_tasks
-    from mtlrnn.sources import load_data
+    from mtlrnn.data.sources import load_data
     from mtlrnn.data.batching import train_batches
-    from mtlrnn.gradients import task_jacobian
-    from mtlrnn.losses import task_losses
-    from mtlrnn.parallel import Placement
-    from mtlrnn.train import (build_model, build_strategy, create_train_state,
+    from mtlrnn.training.gradients import task_jacobian
+    from mtlrnn.training.losses import task_losses
+    from mtlrnn.training.parallel import Placement
+    from mtlrnn.training.step import (build_model, build_strategy, create_train_state,
                               make_optimizer, make_train_step, split_params)
 
     OVERRIDES = json.loads(sys.argv[1])
@@ -112,7 +112,7 @@ SCRIPT = textwrap.dedent(
     if "fit" in SECTIONS:
         # The whole job (fit: train, checkpoint, evaluate) under each mode.
         import tempfile
-        from mtlrnn.run import fit
+        from mtlrnn.training.run import fit
         fits = {}
         for mode in ("none", "pmap", "fsdp"):
             extra = ["parallel.mode=mesh", "parallel.fsdp=true"] if mode == "fsdp" else [

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from mtlrnn import run
 from mtlrnn.config import ConfigError
 from mtlrnn.config import load_config
 from mtlrnn.config import resolve_tasks
@@ -24,6 +23,7 @@ from mtlrnn.data.batching import make_batch
 from mtlrnn.data.batching import pad_time
 from mtlrnn.data.batching import stack_batches
 from mtlrnn.data.batching import train_batches
+from mtlrnn.training import run
 from mtlrnn.training import window as windows
 from mtlrnn.training.loop import Hook
 

@@ -1,7 +1,7 @@
 """The population step's fast path (``train.num_seeds``: the train step under ``jax.vmap``
 over seeds) against its references.
 
-mtlrnn.fused runs its time loops with :func:`mtlrnn.fused._scan`, which reads inputs and
+mtlrnn.model.fused runs its time loops with :func:`mtlrnn.model.fused._scan`, which reads inputs and
 writes outputs by index instead of scanning over them, so that a vmapped recurrence keeps
 the seed axis in front and needs no transposes (benchmarks/population_step.py). Checked here:
 ``_scan`` equals ``jax.lax.scan`` (values and gradients, vmapped or not), the vmapped fused
@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.fused import _scan
-from mtlrnn.fused import fused_recurrence
-from mtlrnn.trunk import _autodiff_recurrence
+from mtlrnn.model.fused import _scan
+from mtlrnn.model.fused import fused_recurrence
+from mtlrnn.model.trunk import _autodiff_recurrence
 
 S, L, D, B, H = 3, 6, 2, 4, 5
 # Per seed and row; a 0 (an all-padding row) and a full row in each seed.
@@ -141,7 +141,7 @@ def _transposed_shapes(jaxpr: jax.extend.core.Jaxpr) -> list[tuple[int, ...]]:
 def test_vmapped_fused_recurrence_moves_no_time_axis():
     """The vmapped fused recurrence and its VJP transpose no array with a time axis (only
     ``w_hh``, once): ``lax.scan`` under vmap moves the seed axis behind time on the way in and
-    back on the way out, a copy of every ``[L, ...]`` array (see mtlrnn.fused._scan)."""
+    back on the way out, a copy of every ``[L, ...]`` array (see mtlrnn.model.fused._scan)."""
     gx, w_hh, b_hh, mask, carry0, ct = _recurrence_inputs("lstm")
 
     def grads_of(fn: object) -> list[tuple[int, ...]]:

@@ -16,7 +16,7 @@ from mtlrnn.data.conllu_reader import read_conllu
 from mtlrnn.data.vocab import label_vocab
 from mtlrnn.predict import predict
 from mtlrnn.predict import write_conllu
-from mtlrnn.run import fit
+from mtlrnn.training.run import fit
 
 # A toy language whose tags are a function of the word: DET (ADJ) NOUN VERB DET NOUN PUNCT.
 # The verb is the root (HEAD 0, DEPREL root); every other word hangs from it.

@@ -72,7 +72,7 @@ def test_every_command_example_parses_and_its_config_loads(command):
 
 
 def test_workdir_table_lists_what_a_run_writes():
-    from mtlrnn.workdir import RUN_FILES
+    from mtlrnn.training.workdir import RUN_FILES
 
     text = README.read_text()
     table = text[text.index("| file | content |") :].split("\n\n")[0]

@@ -28,8 +28,8 @@ import mtlrnn
 from mtlrnn.cli import main
 from mtlrnn.config import ConfigError
 from mtlrnn.config import load_config
-from mtlrnn.run import _StopRequest
-from mtlrnn.run import fit
+from mtlrnn.training.run import _StopRequest
+from mtlrnn.training.run import fit
 
 STEPS = 40
 BASE = [

@@ -11,17 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.char_encoder import CharCNN
-from mtlrnn.char_encoder import CharLSTM
 from mtlrnn.cli import main
 from mtlrnn.config import ConfigError
 from mtlrnn.config import load_config
 from mtlrnn.data.conllu_reader import load_ud
 from mtlrnn.data.conllu_reader import read_conllu
+from mtlrnn.data.sources import load_data
 from mtlrnn.data.text import encode_text
+from mtlrnn.model.char_encoder import CharCNN
+from mtlrnn.model.char_encoder import CharLSTM
 from mtlrnn.predict import predict
-from mtlrnn.run import fit
-from mtlrnn.sources import load_data
+from mtlrnn.training.run import fit
 
 EWT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ud_english_ewt")
 

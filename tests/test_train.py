@@ -15,14 +15,14 @@ import optax
 from mtlrnn.config import apply_overrides
 from mtlrnn.config import resolve_tasks
 from mtlrnn.data.batching import train_batches
-from mtlrnn.losses import task_losses
-from mtlrnn.run import fit
-from mtlrnn.run import load_suite
-from mtlrnn.train import build_model
-from mtlrnn.train import build_strategy
-from mtlrnn.train import create_train_state
-from mtlrnn.train import make_optimizer
-from mtlrnn.train import make_train_step
+from mtlrnn.training.losses import task_losses
+from mtlrnn.training.run import fit
+from mtlrnn.training.run import load_suite
+from mtlrnn.training.step import build_model
+from mtlrnn.training.step import build_strategy
+from mtlrnn.training.step import create_train_state
+from mtlrnn.training.step import make_optimizer
+from mtlrnn.training.step import make_train_step
 
 
 def _setup(cfg):
@@ -122,7 +122,7 @@ import json, sys
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
 from mtlrnn.config import load_config
-from mtlrnn.run import fit
+from mtlrnn.training.run import fit
 overrides = json.loads(sys.argv[1])
 out = {}
 for mode in ("none", "mesh"):

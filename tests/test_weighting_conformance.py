@@ -11,12 +11,12 @@ import numpy as np
 import optax
 import pytest
 
-from mtlrnn.gradients import task_jacobian
-from mtlrnn.losses import task_losses
-from mtlrnn.model import MultiTaskRNN
+from mtlrnn.model.multitask import MultiTaskRNN
 from mtlrnn.tasks import TaskSpec
-from mtlrnn.train import create_train_state
-from mtlrnn.train import make_train_step
+from mtlrnn.training.gradients import task_jacobian
+from mtlrnn.training.losses import task_losses
+from mtlrnn.training.step import create_train_state
+from mtlrnn.training.step import make_train_step
 from mtlrnn.weighting import as_optax
 from mtlrnn.weighting import get
 from mtlrnn.weighting import names

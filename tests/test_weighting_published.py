@@ -26,20 +26,20 @@ import optax
 import pytest
 
 import mtlrnn
-from mtlrnn import gradients
-from mtlrnn import train
 from mtlrnn.config import ConfigError
 from mtlrnn.config import apply_overrides
 from mtlrnn.config import from_dict
 from mtlrnn.config import resolve_tasks
 from mtlrnn.data.batching import train_batches
-from mtlrnn.losses import task_losses
-from mtlrnn.run import load_suite
-from mtlrnn.train import build_model
-from mtlrnn.train import build_strategy
-from mtlrnn.train import create_train_state
-from mtlrnn.train import make_train_step
-from mtlrnn.train import split_params
+from mtlrnn.training import gradients
+from mtlrnn.training import step as train
+from mtlrnn.training.losses import task_losses
+from mtlrnn.training.run import load_suite
+from mtlrnn.training.step import build_model
+from mtlrnn.training.step import build_strategy
+from mtlrnn.training.step import create_train_state
+from mtlrnn.training.step import make_train_step
+from mtlrnn.training.step import split_params
 from mtlrnn.weighting import base
 from mtlrnn.weighting import dual
 from mtlrnn.weighting import loss_based

@@ -11,7 +11,7 @@ import pytest
 
 from mtlrnn.cli import main
 from mtlrnn.config import load_config
-from mtlrnn.workdir import RESOLVED_CONFIG
+from mtlrnn.training.workdir import RESOLVED_CONFIG
 
 USER_CONFIG = """\
 # my experiment: keep these comments
@@ -190,8 +190,8 @@ def test_cpu_tuning_only_for_the_cpu_backend():
 
 
 def test_lone_config_yaml_is_not_taken_for_a_run(tmp_path):
-    from mtlrnn.workdir import run_files
-    from mtlrnn.workdir import saved_config_path
+    from mtlrnn.training.workdir import run_files
+    from mtlrnn.training.workdir import saved_config_path
 
     (tmp_path / "config.yaml").write_text(USER_CONFIG)
     assert saved_config_path(tmp_path) is None and run_files(tmp_path) == []

@@ -443,7 +443,7 @@ def main(name: str, build: Callable[[argparse.Namespace, list], Runner],
     cpu_tuning: dict[str, Any] = {"mode": tuning}
     if tuning == "on" or (tuning == "auto" and name == "mtlrnn"):
         from mtlrnn import cpu_tuning as tuner  # process settings; before any JAX computation
-        from mtlrnn.trunk import cell_gates
+        from mtlrnn.model.trunk import cell_gates
 
         largest = tuner.largest_buffer_bytes(
             batch=args.batch, length=args.length, hidden=args.hidden,

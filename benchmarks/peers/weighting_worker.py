@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import mtlrnn
     from mtlrnn import weighting
-    from mtlrnn.gradients import MODES
+    from mtlrnn.training.gradients import MODES
 
     if args.mode not in MODES:
         raise ValueError(f"--mode: must be one of {', '.join(MODES)}; got {args.mode!r}")
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # The same array twice in the state cannot be donated ("Attempt to donate the same
             # buffer twice"); copying changes no step time, and the row says it happened.
             notes.append("initial state holds the same array twice (donating it fails, as in "
-                         "mtlrnn.run); copied before timing")
+                         "mtlrnn.training.run); copied before timing")
             state = jax.tree.map(jnp.copy, state)
         train_step = jax.jit(
             mtlrnn.make_train_step(model, tx, strategy, grad_mode=args.mode), donate_argnums=0

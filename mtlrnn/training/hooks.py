@@ -1,6 +1,6 @@
 """The hooks of ``mtlrnn train``: metrics log and progress, evaluation, checkpoints, signals.
 
-Each is a :class:`~mtlrnn.training.loop.Hook`; :func:`mtlrnn.run.fit` builds them from the
+Each is a :class:`~mtlrnn.training.loop.Hook`; :func:`mtlrnn.training.run.fit` builds them from the
 config, in this order: metrics log, evaluation (and best checkpoint), periodic checkpoints,
 the user's hooks, then the stop on a signal. They read device values only at the steps where
 they act (log steps, evaluation steps, checkpoint steps).
@@ -30,7 +30,7 @@ class MetricsLog(Hook):
 
     Args:
       writer: has ``write(record)``.
-      progress: a :class:`mtlrnn.progress.Progress` (or None).
+      progress: a :class:`mtlrnn.training.progress.Progress` (or None).
       warn: prints a warning line.
     """
 

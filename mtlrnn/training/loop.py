@@ -74,7 +74,7 @@ class Loop:
       batches: host batches for steps ``start + 1, start + 2, ...``.
       place: moves a host batch to the device(s).
       device_metrics: a step's metrics as ``(tree, lead)`` on one device (see
-        :meth:`mtlrnn.parallel.Placement.device_metrics`).
+        :meth:`mtlrnn.training.parallel.Placement.device_metrics`).
       task_names: the tasks, in the order of the step's ``[K]`` metrics.
       start, total: steps already done, and the last step.
       log_every: a log step every ``log_every`` steps (and at the last step).

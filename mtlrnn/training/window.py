@@ -68,7 +68,7 @@ def _fold(
 fold = jax.jit(_fold, donate_argnums=0, static_argnums=3)
 """``fold(window, metrics, step, lead=False) -> window``: add one step (``step``: its 1-based
 number; ``lead``: the metrics carry a leading axis of one device's rows, see
-:meth:`mtlrnn.parallel.Placement.device_metrics`)."""
+:meth:`mtlrnn.training.parallel.Placement.device_metrics`)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,7 +80,7 @@ class Strategy(NamedTuple):
         called with the losses of the same batch after the parameter update (FAMO).
       needs_dim: the state depends on ``D`` (``init`` must receive ``dim``), so the
         gradient width must be the same every step.
-      modes: the per-task gradient modes (see :mod:`mtlrnn.gradients`) the method may run
+      modes: the per-task gradient modes (see :mod:`mtlrnn.training.gradients`) the method may run
         in: ``full`` (Jacobian of the shared parameters), ``representation`` (Jacobian of
         the trunk output) and ``gramian`` (``G`` only; needs ``from_gram``).
     """

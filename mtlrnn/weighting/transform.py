@@ -5,7 +5,7 @@
     tx = optax.chain(weighting.as_optax(weighting.get("pcgrad"), num_tasks=K),
                      optax.adam(1e-3))
     state = tx.init(params)
-    losses, task_grads = mtlrnn.gradients.task_jacobian(loss_vector_fn, params)
+    losses, task_grads = mtlrnn.training.gradients.task_jacobian(loss_vector_fn, params)
     updates, state = tx.update(task_grads, state, params, losses=losses, key=key)
     params = optax.apply_updates(params, updates)
 

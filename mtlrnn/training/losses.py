@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtlrnn.heads import TaskGroup
-from mtlrnn.heads import group_tasks
+from mtlrnn.model.heads import TaskGroup
+from mtlrnn.model.heads import group_tasks
 from mtlrnn.tasks import TaskSpec
 
 Batch = Mapping[str, object]

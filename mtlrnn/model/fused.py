@@ -1,6 +1,6 @@
 """Fused recurrences with a hand-written backward pass, in the style of cuDNN's RNN kernels.
 
-The plain trunk (:func:`mtlrnn.trunk.scan_direction`) lets JAX differentiate through
+The plain trunk (:func:`mtlrnn.model.trunk.scan_direction`) lets JAX differentiate through
 ``lax.scan``: the backward scan then computes the recurrent weight gradient step by step
 (``L`` small ``[H, B] x [B, G*H]`` products accumulated in the loop carry) and keeps every
 intermediate of the cell. Here the recurrence is a :func:`jax.custom_vjp` whose
@@ -28,7 +28,7 @@ the seed axis stays in front of every ``[L, ...]`` array instead of being transp
 the time axis around each loop.
 
 Masking is the trunk's: on a masked step the carry is unchanged and the output is zero.
-Equations and gate order are :mod:`mtlrnn.cells`' (PyTorch's). The reference for every
+Equations and gate order are :mod:`mtlrnn.model.cells`' (PyTorch's). The reference for every
 gradient here is ``jax.grad`` of the plain scan; tests/test_fused.py compares them.
 """
 
@@ -42,7 +42,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from mtlrnn.cells import Carry
+from mtlrnn.model.cells import Carry
 
 FUSED_CELLS = ("lstm", "gru", "rnn")
 

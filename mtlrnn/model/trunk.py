@@ -8,11 +8,11 @@ Data flow of one layer (both directions at once, ``D`` = 1 or 2)::
 
 The recurrence is one of
 
-* ``fused`` (default, classic cells): :func:`mtlrnn.fused.fused_recurrence`, a custom VJP
+* ``fused`` (default, classic cells): :func:`mtlrnn.model.fused.fused_recurrence`, a custom VJP
   whose weight gradient is one matmul after the backward scan;
 * ``autodiff`` (classic cells): the cell's step in a plain ``lax.scan`` that JAX
   differentiates -- the reference every fast path is tested against;
-* linear cells (minGRU, minLSTM): :mod:`mtlrnn.mincells`, sequential or associative scan.
+* linear cells (minGRU, minLSTM): :mod:`mtlrnn.model.mincells`, sequential or associative scan.
 
 Padding: step ``t`` of row ``b`` is valid when ``t < lengths[b]``. On a padded step the carry
 is left unchanged and the output is zero, so padding never leaks into states or outputs; the
@@ -35,15 +35,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtlrnn.cells import CELLS
-from mtlrnn.cells import Carry
-from mtlrnn.cells import get_cell
-from mtlrnn.dropout import TimeDropout
-from mtlrnn.fused import fused_recurrence
-from mtlrnn.mincells import MIN_CELLS
-from mtlrnn.mincells import choose_scan
-from mtlrnn.mincells import coefficients
-from mtlrnn.mincells import linear_scan
+from mtlrnn.model.cells import CELLS
+from mtlrnn.model.cells import Carry
+from mtlrnn.model.cells import get_cell
+from mtlrnn.model.dropout import TimeDropout
+from mtlrnn.model.fused import fused_recurrence
+from mtlrnn.model.mincells import MIN_CELLS
+from mtlrnn.model.mincells import choose_scan
+from mtlrnn.model.mincells import coefficients
+from mtlrnn.model.mincells import linear_scan
 
 DTYPES: dict[str, jnp.dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CELL_NAMES = (*CELLS, *MIN_CELLS)
@@ -92,9 +92,10 @@ def _autodiff_recurrence(
     carry0: Carry,
     unroll: int,
 ) -> tuple[chex.Array, Carry]:
-    """The reference: :mod:`mtlrnn.cells`' step in a plain ``lax.scan``, differentiated by JAX.
+    """The reference: :mod:`mtlrnn.model.cells`' step in a plain ``lax.scan``, differentiated
+    by JAX.
 
-    Same contract as :func:`mtlrnn.fused.fused_recurrence` (time-major, direction axis ``D``).
+    Same contract as :func:`mtlrnn.model.fused.fused_recurrence` (time-major, direction axis ``D``).
     """
     step = get_cell(cell).step
     b_hh = b_hh[:, None, :]
@@ -154,7 +155,7 @@ def recurrent_layer(
         for classic cells, ``w_hh [H, G*H]``, ``b_hh [G*H]``; already in the compute dtype.
       x: ``[B, L, I]`` inputs.
       mask: ``[B, L]`` bool, True on valid steps.
-      impl: classic cells: ``fused`` (:mod:`mtlrnn.fused`, hand-written backward) or
+      impl: classic cells: ``fused`` (:mod:`mtlrnn.model.fused`, hand-written backward) or
         ``autodiff`` (plain ``lax.scan`` differentiated by JAX, the reference).
       scan: linear cells: ``auto``, ``sequential`` or ``associative``.
       unroll: ``lax.scan`` unroll factor; 0 = :func:`default_unroll` for this platform.
@@ -274,15 +275,15 @@ class Trunk(nn.Module):
 
     Attributes:
       cell: ``lstm``, ``gru``, ``rnn`` (classic) or ``mingru``, ``minlstm`` (linear in the
-        state, parallel in time: :mod:`mtlrnn.mincells`).
+        state, parallel in time: :mod:`mtlrnn.model.mincells`).
       hidden_size: ``H`` per direction.
       num_layers: stacked layers.
       bidirectional: add a backward direction per layer; outputs are ``[fwd, bwd]``
         concatenated, so the output width is ``2H``.
       dropout: dropout rate on each layer's output except the last (as in PyTorch); the
-        mask is drawn step by step (:class:`mtlrnn.dropout.TimeDropout`), so padding in time
+        mask is drawn step by step (:class:`mtlrnn.model.dropout.TimeDropout`), so padding in time
         changes no draw on valid steps.
-      impl: classic cells: ``fused`` (custom VJP, :mod:`mtlrnn.fused`) or ``autodiff``
+      impl: classic cells: ``fused`` (custom VJP, :mod:`mtlrnn.model.fused`) or ``autodiff``
         (plain scan, the reference).
       scan: linear cells: ``auto`` (by platform and length), ``sequential``, ``associative``.
       unroll: ``lax.scan`` unroll factor; 0 = per platform (:func:`default_unroll`).

@@ -6,7 +6,7 @@ layer is a *linear* recurrence in the state::
     h_t = a_t * h_{t-1} + b_t,        h_{-1} = 0
 
 Data flow of one layer and direction (the input projection is the caller's, as for the
-classic cells in :mod:`mtlrnn.cells`)::
+classic cells in :mod:`mtlrnn.model.cells`)::
 
     x [B, L, I] --one matmul--> gx [L, B, G*H] --coefficients--> (a, b) [L, B, H]
         --linear_scan (lax.scan or lax.associative_scan)--> y [L, B, H], h_final [B, H]

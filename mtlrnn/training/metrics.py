@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtlrnn.heads import TaskGroup
-from mtlrnn.heads import group_tasks
-from mtlrnn.losses import Batch
-from mtlrnn.losses import class_mask
-from mtlrnn.losses import masked_logits
-from mtlrnn.losses import stacked_labels
-from mtlrnn.losses import valid_mask
+from mtlrnn.model.heads import TaskGroup
+from mtlrnn.model.heads import group_tasks
 from mtlrnn.tasks import TaskSpec
+from mtlrnn.training.losses import Batch
+from mtlrnn.training.losses import class_mask
+from mtlrnn.training.losses import masked_logits
+from mtlrnn.training.losses import stacked_labels
+from mtlrnn.training.losses import valid_mask
 
 Stats = dict[str, dict[str, chex.Array]]
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtlrnn.train import TrainState
+from mtlrnn.training.step import TrainState
 
 ITEMS = ("state", "meta")
 BEST_DIR = "best"

@@ -6,14 +6,14 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mtlrnn.char_encoder import CharCNN
-from mtlrnn.char_encoder import CharLSTM
-from mtlrnn.dropout import TimeDropout
-from mtlrnn.dropout import time_bernoulli
-from mtlrnn.heads import StackedHeads
-from mtlrnn.heads import group_tasks
+from mtlrnn.model.char_encoder import CharCNN
+from mtlrnn.model.char_encoder import CharLSTM
+from mtlrnn.model.dropout import TimeDropout
+from mtlrnn.model.dropout import time_bernoulli
+from mtlrnn.model.heads import StackedHeads
+from mtlrnn.model.heads import group_tasks
+from mtlrnn.model.trunk import Trunk
 from mtlrnn.tasks import TaskSpec
-from mtlrnn.trunk import Trunk
 
 
 class MultiTaskRNN(nn.Module):
@@ -35,7 +35,7 @@ class MultiTaskRNN(nn.Module):
       embed_dropout: dropout on the embeddings.
       word_dropout: training only: the probability that a word id is replaced by ``unk_id``,
         so the model learns to tag unknown words from context and characters.
-        Every dropout mask is drawn step by step (:mod:`mtlrnn.dropout`): padding a batch to
+        Every dropout mask is drawn step by step (:mod:`mtlrnn.model.dropout`): padding a batch to
         a longer ``L`` changes no draw on its valid steps.
       unk_id: the unknown-word id used by ``word_dropout``.
       char_encoder: ``"none"``, ``"cnn"`` (:class:`CharCNN`) or ``"lstm"`` (:class:`CharLSTM`).
@@ -155,7 +155,7 @@ class MultiTaskRNN(nn.Module):
         """Shared representation: ``(outputs [B, L, D], last [B, D])``, zero on padded steps.
 
         ``row_offset``: the global batch index of this batch's first row (a device's or a
-        micro-batch's part of a batch): dropout draws depend on it (:mod:`mtlrnn.dropout`).
+        micro-batch's part of a batch): dropout draws depend on it (:mod:`mtlrnn.model.dropout`).
         """
         x = self.embed_inputs(inputs, chars, train=train, row_offset=row_offset)
         outputs, last, _ = self.trunk(x, lengths, train=train, row_offset=row_offset)

@@ -20,21 +20,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtlrnn.gradients import MODES
-from mtlrnn.gradients import effective_weights
-from mtlrnn.gradients import gramian
-from mtlrnn.gradients import sum_tasks
-from mtlrnn.gradients import vmap_vjp
-from mtlrnn.heads import group_tasks
-from mtlrnn.losses import Batch
-from mtlrnn.losses import task_counts
-from mtlrnn.losses import task_loss_sums
-from mtlrnn.losses import task_losses
-from mtlrnn.metrics import Stats
-from mtlrnn.metrics import batch_stats
-from mtlrnn.model import MultiTaskRNN
+from mtlrnn.model.heads import group_tasks
+from mtlrnn.model.multitask import MultiTaskRNN
+from mtlrnn.model.trunk import DTYPES
 from mtlrnn.tasks import TaskSpec
-from mtlrnn.trunk import DTYPES
+from mtlrnn.training.gradients import MODES
+from mtlrnn.training.gradients import effective_weights
+from mtlrnn.training.gradients import gramian
+from mtlrnn.training.gradients import sum_tasks
+from mtlrnn.training.gradients import vmap_vjp
+from mtlrnn.training.losses import Batch
+from mtlrnn.training.losses import task_counts
+from mtlrnn.training.losses import task_loss_sums
+from mtlrnn.training.losses import task_losses
+from mtlrnn.training.metrics import Stats
+from mtlrnn.training.metrics import batch_stats
 from mtlrnn.weighting import Strategy
 from mtlrnn.weighting import get as get_strategy
 from mtlrnn.weighting.base import combine_rows
@@ -224,13 +224,13 @@ def make_train_step(
     metrics: ``losses [K]``, ``loss`` (``sum_k weights_k * losses_k``), ``weights [K]`` (the
     method's weights, or for a gradient method that defines none the least-squares
     coefficients of its update on the task gradients: see
-    :func:`mtlrnn.gradients.effective_weights`), ``grad_norm``, ``lr``, ``tokens`` (valid
+    :func:`mtlrnn.training.gradients.effective_weights`), ``grad_norm``, ``lr``, ``tokens`` (valid
     time steps in the batch), ``nonfinite`` (1 if a loss or the gradient was NaN/inf: the
     step was then skipped) and ``finite_losses [K]`` (which task losses were finite).
 
     Loss-based strategies take one backward pass: the VJP of the loss vector with the
     (stop-gradient) weights as cotangent is the gradient of ``sum_k w_k * loss_k``. Gradient
-    strategies get per-task gradients in ``grad_mode`` (see :mod:`mtlrnn.gradients`); head
+    strategies get per-task gradients in ``grad_mode`` (see :mod:`mtlrnn.training.gradients`); head
     parameters receive their own task's gradient (scaled by ``info["head_weights"]`` where
     the method's reference does so: :func:`head_grads`).
 
@@ -241,7 +241,7 @@ def make_train_step(
     those of the whole batch before the strategy sees them (the same numbers as one big batch
     on one device up to float summation order, dropout included: each part passes the global
     index of its first row as ``row_offset``, and every dropout draw depends on the row's
-    global index, :mod:`mtlrnn.dropout`). Loss-based methods with
+    global index, :mod:`mtlrnn.model.dropout`). Loss-based methods with
     ``m > 1`` run one extra forward pass (the weights need the global losses before the
     backward passes). ``representation`` mode needs ``m = 1`` and no ``axis_name``.
 
@@ -308,7 +308,7 @@ class _StepParts:
     ) -> _StepParts:
         key = jax.random.fold_in(state.rng, state.step)
         drop_key, weight_key = jax.random.split(key)
-        # Dropout draws depend on each row's index in the global batch (mtlrnn.dropout), so a
+        # Dropout draws depend on each row's index in the global batch (mtlrnn.model.dropout), so a
         # device's rows and a micro-batch's rows draw what they would in the whole batch.
         rows = batch["lengths"].shape[0]
         offset = jnp.zeros((), jnp.int32)

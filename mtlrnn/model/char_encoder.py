@@ -10,7 +10,7 @@ capitalisation, digits, hyphens).
   2016). Cheap on every platform.
 - :class:`CharLSTM`: a bidirectional LSTM over the characters of each word, whose two final
   states are concatenated (Plank et al. 2016; Lample et al. 2016). It reuses the project's
-  :class:`~mtlrnn.trunk.Trunk`, so words are ``B * L`` sequences of length ``C``.
+  :class:`~mtlrnn.model.trunk.Trunk`, so words are ``B * L`` sequences of length ``C``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mtlrnn.trunk import Trunk
+from mtlrnn.model.trunk import Trunk
 
 ENCODERS: tuple[str, ...] = ("none", "cnn", "lstm")
 

@@ -9,7 +9,7 @@ Parameter layout per layer and direction (``G`` gates, ``I`` input width):
 
 * ``w_ih: [I, G*H]``, ``w_hh: [H, G*H]``, ``b_ih: [G*H]``, ``b_hh: [G*H]``.
   These are PyTorch's ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}`` and
-  ``bias_hh_l{k}`` transposed (see :mod:`mtlrnn.interop`).
+  ``bias_hh_l{k}`` transposed (see :mod:`mtlrnn.model.interop`).
 
 Gate order along the ``G*H`` axis, as in PyTorch:
 

@@ -13,7 +13,7 @@
 - ``pmap``: the classic per-device step: ``jax.pmap`` over all local devices with axis
   ``data``; each device takes ``B / n`` rows and the step ``psum``s per-task loss sums, label
   counts and gradients (or per-task Jacobians) before the weighting method combines them
-  (see :func:`mtlrnn.train.make_train_step`), so every method sees the global batch.
+  (see :func:`mtlrnn.training.step.make_train_step`), so every method sees the global batch.
 
 Multi-host (``mesh``): :func:`initialize_distributed` calls ``jax.distributed.initialize``
 from ``parallel.coordinator/num_processes/process_id`` (or lets JAX detect the cluster when

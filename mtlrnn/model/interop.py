@@ -5,9 +5,9 @@ PyTorch keeps, per layer ``k`` and direction (``_reverse`` for the backward one)
     weight_ih_l{k}[_reverse]  [G*H, I]        bias_ih_l{k}[_reverse]  [G*H]
     weight_hh_l{k}[_reverse]  [G*H, H]        bias_hh_l{k}[_reverse]  [G*H]
 
-and :class:`mtlrnn.trunk.Trunk` keeps the transposes under ``layer_{k}_{fwd|bwd}`` as
+and :class:`mtlrnn.model.trunk.Trunk` keeps the transposes under ``layer_{k}_{fwd|bwd}`` as
 ``w_ih [I, G*H]``, ``w_hh [H, G*H]``, ``b_ih [G*H]``, ``b_hh [G*H]``. Gate order along the
-``G*H`` axis is PyTorch's in both (see :mod:`mtlrnn.cells`), so conversion is a transpose.
+``G*H`` axis is PyTorch's in both (see :mod:`mtlrnn.model.cells`), so conversion is a transpose.
 
 Pass numpy arrays (anything ``np.asarray`` accepts), e.g.::
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlrnn.cells import get_cell
+from mtlrnn.model.cells import get_cell
 
 _TORCH_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 _OUR_LAYER = re.compile(r"^layer_(\d+)_(fwd|bwd)$")
@@ -159,7 +159,7 @@ def trunk_params_from_torch(
       prefix: keep only keys starting with it and strip it, e.g. ``"encoder.rnn."`` to pick
         the RNN out of a larger model's state dict.
     Returns:
-      The ``params`` collection of :class:`mtlrnn.trunk.Trunk`:
+      The ``params`` collection of :class:`mtlrnn.model.trunk.Trunk`:
       ``{"layer_{k}_{fwd|bwd}": {"w_ih": [I, G*H], "w_hh": [H, G*H], "b_ih": [G*H],
       "b_hh": [G*H]}}`` as numpy arrays of the input dtype; use as ``{"params": result}``.
     Raises:
@@ -178,7 +178,7 @@ def trunk_config_from_torch(
 
     Returns:
       ``{"num_layers": int, "bidirectional": bool, "hidden_size": H, "input_size": I}``;
-      all but ``input_size`` are :class:`mtlrnn.trunk.Trunk` fields.
+      all but ``input_size`` are :class:`mtlrnn.model.trunk.Trunk` fields.
     """
     return _parse_torch(state_dict, cell, prefix)[0]
 

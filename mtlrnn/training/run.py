@@ -2,7 +2,8 @@
 
 ``fit(config, workdir) -> summary`` is the whole ``mtlrnn train``; ``evaluate(workdir)`` is
 ``mtlrnn eval``. A workdir receives resolved_config.yaml, metrics.jsonl, summary.json,
-vocab.json (text data), checkpoints/ and plots/ (the names in :mod:`mtlrnn.workdir`; no other
+vocab.json (text data), checkpoints/ and plots/ (the names in
+:mod:`mtlrnn.training.workdir`; no other
 file of the workdir is touched). Running ``fit`` again on a workdir that holds a run
 continues it exactly or refuses (see :func:`fit`); SIGTERM and SIGINT stop it after a
 checkpoint.
@@ -31,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtlrnn import checkpoint
 from mtlrnn import compile_cache
 from mtlrnn.config import Config
 from mtlrnn.config import ConfigError
@@ -44,34 +44,20 @@ from mtlrnn.data.batching import bucket_lengths
 from mtlrnn.data.batching import eval_batches
 from mtlrnn.data.batching import stack_batches
 from mtlrnn.data.batching import train_batches
+from mtlrnn.data.sources import Data
+from mtlrnn.data.sources import absolute_paths
+from mtlrnn.data.sources import check_labels
+from mtlrnn.data.sources import data_sha256
+from mtlrnn.data.sources import load_data
 from mtlrnn.fileio import write_text_atomic
-from mtlrnn.losses import task_counts
-from mtlrnn.metrics import accumulate
-from mtlrnn.metrics import finalize
-from mtlrnn.parallel import Placement
-from mtlrnn.parallel import initialize_distributed
-from mtlrnn.progress import Progress
 from mtlrnn.reporting import LOGGER
 from mtlrnn.reporting import MetricsWriter
 from mtlrnn.reporting import configure_logging
 from mtlrnn.reporting import json_safe
 from mtlrnn.reporting import plot_history
 from mtlrnn.reporting import result_table
-from mtlrnn.sources import Data
-from mtlrnn.sources import absolute_paths
-from mtlrnn.sources import check_labels
-from mtlrnn.sources import data_sha256
-from mtlrnn.sources import load_data
 from mtlrnn.tasks import TaskSpec
-from mtlrnn.train import TrainState
-from mtlrnn.train import build_model
-from mtlrnn.train import build_strategy
-from mtlrnn.train import create_train_state
-from mtlrnn.train import make_eval_step
-from mtlrnn.train import make_optimizer
-from mtlrnn.train import make_train_step
-from mtlrnn.train import params_sha256
-from mtlrnn.train import population_step
+from mtlrnn.training import checkpoint
 from mtlrnn.training.flops import matmul_flops
 from mtlrnn.training.flops import peak_flops
 from mtlrnn.training.hooks import Checkpoints
@@ -86,19 +72,34 @@ from mtlrnn.training.hooks import median_step_ms
 from mtlrnn.training.loop import Hook
 from mtlrnn.training.loop import Loop
 from mtlrnn.training.loop import NonFiniteError
-from mtlrnn.workdir import METRICS_FILE
-from mtlrnn.workdir import POPULATION_FILE
-from mtlrnn.workdir import PROFILE_DIR
-from mtlrnn.workdir import RESOLVED_CONFIG
-from mtlrnn.workdir import SUMMARY_FILE
-from mtlrnn.workdir import VOCAB_FILE
-from mtlrnn.workdir import move_run_aside
-from mtlrnn.workdir import run_files
-from mtlrnn.workdir import saved_config_path
+from mtlrnn.training.losses import task_counts
+from mtlrnn.training.metrics import accumulate
+from mtlrnn.training.metrics import finalize
+from mtlrnn.training.parallel import Placement
+from mtlrnn.training.parallel import initialize_distributed
+from mtlrnn.training.progress import Progress
+from mtlrnn.training.step import TrainState
+from mtlrnn.training.step import build_model
+from mtlrnn.training.step import build_strategy
+from mtlrnn.training.step import create_train_state
+from mtlrnn.training.step import make_eval_step
+from mtlrnn.training.step import make_optimizer
+from mtlrnn.training.step import make_train_step
+from mtlrnn.training.step import params_sha256
+from mtlrnn.training.step import population_step
+from mtlrnn.training.workdir import METRICS_FILE
+from mtlrnn.training.workdir import POPULATION_FILE
+from mtlrnn.training.workdir import PROFILE_DIR
+from mtlrnn.training.workdir import RESOLVED_CONFIG
+from mtlrnn.training.workdir import SUMMARY_FILE
+from mtlrnn.training.workdir import VOCAB_FILE
+from mtlrnn.training.workdir import move_run_aside
+from mtlrnn.training.workdir import run_files
+from mtlrnn.training.workdir import saved_config_path
 
 
 def load_suite(cfg: Config) -> Data:
-    """The data of ``cfg.data`` (see :func:`mtlrnn.sources.load_data`)."""
+    """The data of ``cfg.data`` (see :func:`mtlrnn.data.sources.load_data`)."""
     return load_data(cfg.data)
 
 
@@ -121,7 +122,7 @@ def _default_workdir(source: str) -> str:
 
 
 def model_for(cfg: Config, tasks: tuple[TaskSpec, ...], data: Data) -> Any:
-    """The :class:`~mtlrnn.model.MultiTaskRNN` of ``cfg.model`` sized for ``data``."""
+    """The :class:`~mtlrnn.model.multitask.MultiTaskRNN` of ``cfg.model`` sized for ``data``."""
     return build_model(
         cfg.model,
         tasks,
@@ -651,7 +652,7 @@ def fit(
 ) -> dict[str, Any]:
     """Train and evaluate one run; returns the summary (also written to summary.json).
 
-    A workdir that already holds a run (any file of :data:`mtlrnn.workdir.RUN_FILES`) is
+    A workdir that already holds a run (any file of :data:`mtlrnn.training.workdir.RUN_FILES`) is
     only ever continued or refused: with checkpoints it resumes (below); without them, a
     run with the same trajectory config that completed is reported complete, one that
     stopped before its first checkpoint is trained again from step 0, and anything else
@@ -661,7 +662,7 @@ def fit(
     ``<workdir>/replaced-<time>/`` (nothing is deleted; other files stay). Files in the
     workdir that the run does not own (e.g. the user's ``config.yaml``) are never written.
 
-    Checkpoints (``checkpoint.*``, layout in :mod:`mtlrnn.checkpoint`): the state is saved
+    Checkpoints (``checkpoint.*``, layout in :mod:`mtlrnn.training.checkpoint`): the state is saved
     every ``checkpoint.every`` steps and at the end, the last ``checkpoint.keep`` are kept,
     and with ``checkpoint.best_metric`` the best one by that metric under checkpoints/best.
     Asynchronous saves are finished before fit returns, whatever the way out.
@@ -711,8 +712,8 @@ def fit(
         own (metrics log, evaluation, checkpoints) at each step; e.g. a logger of your own, or
         one that calls ``loop.request_stop(reason)``. In a population run they see the whole
         population (wrap one in :class:`mtlrnn.training.hooks.PerSeed` for one seed's view).
-      data: train on this :class:`mtlrnn.sources.Data` (in memory) instead of ``config.data``.
-        Its fingerprint (:func:`mtlrnn.sources.data_sha256`) goes into the checkpoints and
+      data: train on this :class:`mtlrnn.data.sources.Data` (in memory) instead of ``config.data``.
+        Its fingerprint (:func:`mtlrnn.data.sources.data_sha256`) goes into the checkpoints and
         ``summary.json`` (``run.data_sha256``): the run resumes, or is reported complete, only
         with the same data. ``mtlrnn eval`` and ``predict`` read the config's data, so
         evaluate such a run with :func:`evaluate` ``(workdir, data=...)``.
