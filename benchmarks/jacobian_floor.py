@@ -48,8 +48,8 @@ def main() -> None:
         mtlrnn.TaskSpec(f"t{k}", "token", "classification", num_classes=c)
         for k, c in enumerate(classes)
     )
-    model = mtlrnn.MultiTaskRNN(tasks=tasks, vocab_size=vocab, embed_dim=128, hidden_size=256,
-                                bidirectional=False, dropout=0.0)
+    spec = mtlrnn.ModelConfig(embed_dim=128, hidden_size=256, bidirectional=False, dropout=0.0)
+    model = mtlrnn.MultiTaskRNN(tasks=tasks, spec=spec, vocab_size=vocab)
     rng = np.random.default_rng(0)
     batch = {
         "inputs": jnp.asarray(rng.integers(0, vocab, (b, length)), jnp.int32),

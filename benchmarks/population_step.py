@@ -132,12 +132,12 @@ def tune(args: argparse.Namespace, seeds: int) -> dict[str, bool]:
     from mtlrnn import cpu_tuning
     from mtlrnn.config import apply_overrides
     from mtlrnn.config import default_config
-    from mtlrnn.model.trunk import cell_gates
+    from mtlrnn.model.cells import get_cell
 
     cfg = apply_overrides(default_config(), args.sets)
     largest = cpu_tuning.largest_buffer_bytes(
         batch=args.batch * (seeds if args.tuning == "seeds" else 1), length=args.length,
-        hidden=cfg.model.hidden_size, gates=cell_gates(cfg.model.cell),
+        hidden=cfg.model.hidden_size, gates=get_cell(cfg.model.cell).num_gates,
         directions=2 if cfg.model.bidirectional else 1,
         itemsize=2 if cfg.model.compute_dtype == "bfloat16" else 4)
     return cpu_tuning.apply(largest_buffer=largest)

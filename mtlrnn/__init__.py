@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Config": "mtlrnn.config",
     "ConfigError": "mtlrnn.config",
+    "ModelConfig": "mtlrnn.model.spec",
     "MultiTaskRNN": "mtlrnn.model.multitask",
     "TaskSpec": "mtlrnn.tasks",
     "TrainState": "mtlrnn.training.step",
@@ -50,6 +51,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "Config",
     "ConfigError",
+    "ModelConfig",
     "MultiTaskRNN",
     "TaskSpec",
     "TrainState",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; not executed
     from mtlrnn.model import interop
     from mtlrnn.model.cells import get_cell
     from mtlrnn.model.multitask import MultiTaskRNN
+    from mtlrnn.model.spec import ModelConfig
     from mtlrnn.model.trunk import Trunk
     from mtlrnn.tasks import TaskSpec
     from mtlrnn.training import gradients

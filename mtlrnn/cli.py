@@ -124,7 +124,7 @@ def _largest_buffer(cfg: Any, seeds: int | None = None) -> int | None:
     vmap``) holds every seed's at once. (The tuning applies on CPU only, where ``auto`` is
     ``map``: one seed's buffers at a time.)"""
     from mtlrnn.cpu_tuning import largest_buffer_bytes
-    from mtlrnn.model.trunk import cell_gates
+    from mtlrnn.model.cells import get_cell
 
     if cfg.data.buckets:
         length = max(cfg.data.buckets)
@@ -138,7 +138,7 @@ def _largest_buffer(cfg: Any, seeds: int | None = None) -> int | None:
         else cfg.train.batch_size,
         length=length,
         hidden=cfg.model.hidden_size,
-        gates=cell_gates(cfg.model.cell),
+        gates=get_cell(cfg.model.cell).num_gates,
         directions=2 if cfg.model.bidirectional else 1,
         itemsize=2 if cfg.model.compute_dtype == "bfloat16" else 4,
     )

@@ -88,6 +88,7 @@ import pytest  # noqa: E402
 
 from mtlrnn.config import Config  # noqa: E402
 from mtlrnn.config import load_config  # noqa: E402
+from mtlrnn.model.spec import ModelConfig  # noqa: E402
 
 TINY = [
     "data.synthetic.num_train=256",
@@ -104,6 +105,12 @@ TINY = [
     "logging.progress=false",
     "logging.plots=false",
 ]
+
+
+def model_spec(**fields: object) -> ModelConfig:
+    """Hyper-parameters for a bare trunk or model in a test: one direction and no dropout
+    unless ``fields`` say otherwise (the config's defaults are bidirectional, dropout 0.1)."""
+    return ModelConfig(**{"bidirectional": False, "dropout": 0.0, **fields})
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import model_spec
 
 from mtlrnn.model.cells import CELLS
+from mtlrnn.model.cells import CLASSIC_CELLS
 from mtlrnn.model.cells import get_cell
 from mtlrnn.model.cells import reference_layer
 from mtlrnn.model.trunk import Trunk
@@ -37,7 +39,8 @@ def _x(seed=0):
 
 @functools.cache
 def _params(cell, num_layers, bidirectional):
-    trunk = Trunk(cell=cell, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional)
+    trunk = Trunk(model_spec(
+        cell=cell, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional))
     # Shapes from eval_shape (no compile), values ~ U(-1/sqrt(H), 1/sqrt(H)) as PyTorch's init.
     shapes = jax.eval_shape(trunk.init, jax.random.key(7), _x(), jnp.asarray(LENGTHS))["params"]
     rng = np.random.default_rng(7)
@@ -84,7 +87,7 @@ def _run_with_grads(trunk, params, x):
 # --- one step against PyTorch's documented equations -------------------------------------
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(CLASSIC_CELLS))
 def test_step_matches_pytorch_equations(cell):
     rng = np.random.default_rng(0)
     c = get_cell(cell)
@@ -117,8 +120,22 @@ def test_step_matches_pytorch_equations(cell):
     np.testing.assert_allclose(out, expected[0], atol=1e-5)
 
 
+def test_one_registry_names_every_cell_the_config_allows():
+    import typing
+
+    from mtlrnn.model.cells import LINEAR_CELLS
+    from mtlrnn.model.spec import ModelConfig
+
+    allowed = typing.get_args(typing.get_type_hints(ModelConfig)["cell"])
+    assert allowed == tuple(CELLS) == CLASSIC_CELLS + LINEAR_CELLS
+    assert CLASSIC_CELLS == ("lstm", "gru", "rnn") and LINEAR_CELLS == ("mingru", "minlstm")
+    with pytest.raises(ValueError, match="unknown cell 'mingru'; allowed: lstm, gru, rnn"):
+        get_cell("mingru", among=CLASSIC_CELLS)
+
+
 def test_get_cell_and_init_carry():
-    with pytest.raises(ValueError, match="unknown cell 'lru'; allowed: lstm, gru, rnn"):
+    allowed = "lstm, gru, rnn, mingru, minlstm"
+    with pytest.raises(ValueError, match=f"unknown cell 'lru'; allowed: {allowed}"):
         get_cell("lru")
     carry = get_cell("lstm").init_carry(3, 4, jnp.bfloat16)
     assert len(carry) == 2 and all(c.shape == (3, 4) and c.dtype == jnp.bfloat16 for c in carry)
@@ -144,11 +161,12 @@ def _reference_trunk(cell, params, x, num_layers, bidirectional):
 
 
 @pytest.mark.parametrize(
-    "cell,num_layers,bidirectional", [(c, 2, True) for c in CELLS] + [("gru", 1, False)]
+    "cell,num_layers,bidirectional", [(c, 2, True) for c in CLASSIC_CELLS] + [("gru", 1, False)]
 )
 def test_trunk_matches_reference(cell, num_layers, bidirectional):
     params = _params(cell, num_layers, bidirectional)
-    trunk = Trunk(cell=cell, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional)
+    trunk = Trunk(model_spec(
+        cell=cell, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional))
     x = _x(1)
     outputs, last, finals = _jitted_apply(trunk)(params, x, jnp.asarray(LENGTHS))
     ref_out, ref_finals = _reference_trunk(cell, params, x, num_layers, bidirectional)
@@ -164,10 +182,10 @@ def test_trunk_matches_reference(cell, num_layers, bidirectional):
     np.testing.assert_allclose(last, top, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(CLASSIC_CELLS))
 def test_final_state_is_last_valid_and_padding_is_zero(cell):
     params = _params(cell, 2, True)
-    trunk = Trunk(cell=cell, hidden_size=H, num_layers=2, bidirectional=True)
+    trunk = Trunk(model_spec(cell=cell, hidden_size=H, num_layers=2, bidirectional=True))
     outputs, last, finals = _jitted_apply(trunk)(params, _x(), jnp.asarray(LENGTHS))
     outputs = np.asarray(outputs)
     assert np.all(outputs[~MASK] == 0.0)
@@ -184,10 +202,10 @@ def test_final_state_is_last_valid_and_padding_is_zero(cell):
     np.testing.assert_array_equal(last, np.concatenate([fwd_h, bwd_h], axis=-1))
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(CLASSIC_CELLS))
 def test_padding_invariance(cell):
     params = _params(cell, 2, True)
-    trunk = Trunk(cell=cell, hidden_size=H, num_layers=2, bidirectional=True)
+    trunk = Trunk(model_spec(cell=cell, hidden_size=H, num_layers=2, bidirectional=True))
     x = _x(2)
     noise = 1e3 * np.random.default_rng(9).normal(size=x.shape)
     x_junk = jnp.where(MASK[:, :, None], x, jnp.asarray(noise, jnp.float32))
@@ -206,13 +224,13 @@ def test_unroll_and_remat_agree(cell, bidirectional):
     x = _x(3)
     results = [
         _run_with_grads(
-            Trunk(
+            Trunk(model_spec(
                 cell=cell,
                 hidden_size=H,
                 bidirectional=bidirectional,
                 unroll=unroll,
                 remat=remat,
-            ),
+            )),
             params,
             x,
         )
@@ -222,14 +240,14 @@ def test_unroll_and_remat_agree(cell, bidirectional):
         jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), results[0], other)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(CLASSIC_CELLS))
 def test_bfloat16_compute_is_close_to_float32(cell):
     params = _params(cell, 2, True)
     x = _x(4)
     kwargs = dict(cell=cell, hidden_size=H, num_layers=2, bidirectional=True)
-    ref, _, _ = _jitted_apply(Trunk(**kwargs))(params, x, jnp.asarray(LENGTHS))
+    ref, _, _ = _jitted_apply(Trunk(model_spec(**kwargs)))(params, x, jnp.asarray(LENGTHS))
     (_, (out, last, finals)), grads = _run_with_grads(
-        Trunk(**kwargs, dtype=jnp.bfloat16), params, x
+        Trunk(model_spec(**kwargs, compute_dtype="bfloat16")), params, x
     )
     assert out.dtype == last.dtype == finals[0]["fwd"][0].dtype == jnp.bfloat16
     out = np.asarray(out.astype(jnp.float32))
@@ -240,20 +258,20 @@ def test_bfloat16_compute_is_close_to_float32(cell):
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", list(CLASSIC_CELLS))
 def test_grad_matches_finite_differences(cell):
     # float64 so central differences are accurate (error ~eps^2); tiny case, two layers, both
     # directions, one empty-free padded row. Directional derivatives along random directions.
     with jax.enable_x64(True):
         lengths = jnp.array([3, 1])
-        trunk = Trunk(
+        trunk = Trunk(model_spec(
             cell=cell,
             hidden_size=2,
             num_layers=2,
             bidirectional=True,
-            dtype=jnp.float64,
-            param_dtype=jnp.float64,
-        )
+            compute_dtype="float64",
+            param_dtype="float64",
+        ))
         rng = np.random.default_rng(5)
         x = jnp.asarray(rng.normal(size=(2, 3, 2)))
         shapes = jax.eval_shape(trunk.init, jax.random.key(0), x, lengths)["params"]
@@ -284,7 +302,7 @@ def test_grad_matches_finite_differences(cell):
 
 def test_nan_in_padding_keeps_gradients_finite():
     """Padded steps holding NaN (e.g. padded time series) must not poison any gradient."""
-    trunk = Trunk(cell="gru", hidden_size=3, bidirectional=True)
+    trunk = Trunk(model_spec(cell="gru", hidden_size=3, bidirectional=True))
     x = np.ones((2, 4, 2), np.float32)
     lengths = jnp.array([4, 2])
     params = jax.jit(trunk.init)(jax.random.key(0), x, lengths)["params"]

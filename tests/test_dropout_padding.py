@@ -18,6 +18,7 @@ import pytest
 from mtlrnn.model.dropout import TimeDropout
 from mtlrnn.model.dropout import time_bernoulli
 from mtlrnn.model.multitask import MultiTaskRNN
+from mtlrnn.model.spec import ModelConfig
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.training.losses import task_losses
 
@@ -98,9 +99,7 @@ def test_time_dropout_scaling_and_edge_rates():
 
 
 def _model(bidirectional: bool, **trunk: object) -> MultiTaskRNN:
-    return MultiTaskRNN(
-        tasks=TASKS,
-        vocab_size=VOCAB,
+    spec = ModelConfig(
         embed_dim=8,
         hidden_size=8,
         num_layers=2,
@@ -110,6 +109,7 @@ def _model(bidirectional: bool, **trunk: object) -> MultiTaskRNN:
         word_dropout=0.25,
         **trunk,
     )
+    return MultiTaskRNN(tasks=TASKS, spec=spec, vocab_size=VOCAB)
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import model_spec
 
 from mtlrnn.model.trunk import Trunk
 from mtlrnn.training.flops import matmul_flops
@@ -46,7 +47,7 @@ def test_cond_counts_its_larger_branch_and_while_its_body_once():
 @pytest.mark.parametrize("impl", ["fused", "autodiff"])
 def test_lstm_layer_forward_matches_the_formula(impl):
     B, L, E, H = 4, 7, 5, 6
-    trunk = Trunk(cell="lstm", hidden_size=H, impl=impl)
+    trunk = Trunk(model_spec(cell="lstm", hidden_size=H, impl=impl))
     x, lengths = jnp.ones((B, L, E)), jnp.full((B,), L)
     params = trunk.init(jax.random.key(0), x, lengths)
     flops = matmul_flops(lambda p: trunk.apply(p, x, lengths)[0], params)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import model_spec
 
 from mtlrnn.model import mincells
 from mtlrnn.model.fused import fused_recurrence
@@ -78,10 +79,10 @@ def test_fused_matches_autodiff_scan(cell):
     x, lengths, ct_out, ct_last = _inputs()
     layers = 2 if cell == "lstm" else 1
     kwargs = dict(cell=cell, hidden_size=H, num_layers=layers, bidirectional=True)
-    params = _init(Trunk(**kwargs), 1, x, lengths)
-    v_ref, g_ref, out_ref = _loss_and_grads(Trunk(**kwargs, impl="autodiff"), params, x,
+    params = _init(Trunk(model_spec(**kwargs)), 1, x, lengths)
+    v_ref, g_ref, out_ref = _loss_and_grads(Trunk(model_spec(**kwargs, impl="autodiff")), params, x,
                                             lengths, ct_out, ct_last)
-    v_fast, g_fast, out_fast = _loss_and_grads(Trunk(**kwargs, impl="fused"), params, x,
+    v_fast, g_fast, out_fast = _loss_and_grads(Trunk(model_spec(**kwargs, impl="fused")), params, x,
                                                lengths, ct_out, ct_last)
     chex.assert_trees_all_close(out_fast, out_ref, atol=1e-6)
     # The loss sums ~400 float32 products: the two summation orders may differ by a few ulps
@@ -127,10 +128,10 @@ def test_remat_matches_plain(cell, impl, scan, chunk):
     x, lengths, ct_out, ct_last = _inputs(1)
     kwargs = dict(cell=cell, hidden_size=H, num_layers=1, bidirectional=True, impl=impl,
                   scan=scan)
-    params = _init(Trunk(**kwargs), 2, x, lengths)
-    ref = _loss_and_grads(Trunk(**kwargs), params, x, lengths, ct_out, ct_last)
-    got = _loss_and_grads(Trunk(**kwargs, remat=True, remat_chunk=chunk), params, x, lengths,
-                          ct_out, ct_last)
+    params = _init(Trunk(model_spec(**kwargs)), 2, x, lengths)
+    ref = _loss_and_grads(Trunk(model_spec(**kwargs)), params, x, lengths, ct_out, ct_last)
+    remat = Trunk(model_spec(**kwargs, remat=True, remat_chunk=chunk))
+    got = _loss_and_grads(remat, params, x, lengths, ct_out, ct_last)
     chex.assert_trees_all_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -140,13 +141,13 @@ def test_linear_cells_in_trunk(cell):
     time-flipped), and the sequential and associative scans give the same gradients."""
     x, lengths, ct_out, ct_last = _inputs(2)
     kwargs = dict(cell=cell, hidden_size=H, num_layers=1, bidirectional=True)
-    params = _init(Trunk(**kwargs), 4, x, lengths)
+    params = _init(Trunk(model_spec(**kwargs)), 4, x, lengths)
     assert set(params["layer_0_fwd"]) == {"w_ih", "b_ih"}  # no recurrent weights
     mask = jnp.asarray(np.arange(L)[None, :] < LENGTHS[:, None])
 
     @jax.jit
     def direct_and_reference(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out, _, _ = Trunk(**kwargs).apply({"params": params}, x, lengths)
+        out, _, _ = Trunk(model_spec(**kwargs)).apply({"params": params}, x, lengths)
         mt = mask.T
         ys = []
         for name, flip in (("layer_0_fwd", False), ("layer_0_bwd", True)):
@@ -163,20 +164,19 @@ def test_linear_cells_in_trunk(cell):
 
     out, expected = direct_and_reference(params, x)
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    seq = _loss_and_grads(Trunk(**kwargs, scan="sequential"), params, x, lengths, ct_out,
-                          ct_last)
-    assoc = _loss_and_grads(Trunk(**kwargs, scan="associative"), params, x, lengths, ct_out,
-                            ct_last)
+    seq, assoc = (
+        _loss_and_grads(Trunk(model_spec(**kwargs, scan=s)), params, x, lengths, ct_out, ct_last)
+        for s in ("sequential", "associative")
+    )
     chex.assert_trees_all_close(seq, assoc, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_bfloat16_close_to_float32():
     x, lengths, _, _ = _inputs(3)
     kwargs = dict(cell="lstm", hidden_size=H, num_layers=1, bidirectional=True)
-    params = _init(Trunk(**kwargs), 5, x, lengths)
-    ref, low = jax.jit(lambda p, x: [Trunk(**kwargs, dtype=dtype).apply({"params": p}, x,
-                                                                       lengths)[0]
-                                      for dtype in (jnp.float32, jnp.bfloat16)])(params, x)
+    params = _init(Trunk(model_spec(**kwargs)), 5, x, lengths)
+    ref, low = jax.jit(lambda p, x: [Trunk(model_spec(**kwargs, compute_dtype=dtype)).apply(
+        {"params": p}, x, lengths)[0] for dtype in ("float32", "bfloat16")])(params, x)
     assert low.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(low, np.float32), ref, atol=0.05)
 
@@ -187,6 +187,6 @@ def test_bad_impl_and_cell_are_named():
                "b_ih": jnp.zeros(4 * H), "b_hh": jnp.zeros(4 * H)}]
     mask = jnp.ones((B, L), bool)
     with pytest.raises(ValueError, match="impl: must be one of fused, autodiff"):
-        recurrent_layer("lstm", params, x, mask, impl="cudnn")
+        recurrent_layer(model_spec(impl="cudnn"), params, x, mask)
     with pytest.raises(ValueError, match="unknown cell 'lru'"):
-        recurrent_layer("lru", params, x, mask)
+        recurrent_layer(model_spec(cell="lru"), params, x, mask)

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from mtlrnn.model.multitask import MultiTaskRNN
+from mtlrnn.model.spec import ModelConfig
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.training.gradients import gramian
 from mtlrnn.training.gradients import task_jacobian
@@ -46,7 +47,8 @@ def _sum_strategy():
 
 @pytest.fixture(scope="module")
 def setup():
-    model = MultiTaskRNN(tasks=TASKS, vocab_size=30, embed_dim=8, hidden_size=6, dropout=0.0)
+    spec = ModelConfig(embed_dim=8, hidden_size=6, dropout=0.0)
+    model = MultiTaskRNN(tasks=TASKS, spec=spec, vocab_size=30)
     rng = np.random.default_rng(0)
     b, length = 4, 6
     batch = {

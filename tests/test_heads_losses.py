@@ -13,6 +13,7 @@ import pytest
 from mtlrnn.model.heads import group_tasks
 from mtlrnn.model.heads import pool
 from mtlrnn.model.multitask import MultiTaskRNN
+from mtlrnn.model.spec import ModelConfig
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.training.losses import task_losses
 from mtlrnn.training.metrics import accumulate
@@ -50,7 +51,8 @@ def _batch(seed: int = 0) -> dict:
 
 @pytest.fixture(scope="module")
 def model_and_params():
-    model = MultiTaskRNN(tasks=TASKS, vocab_size=20, embed_dim=8, hidden_size=6)
+    spec = ModelConfig(embed_dim=8, hidden_size=6, dropout=0.0)
+    model = MultiTaskRNN(tasks=TASKS, spec=spec, vocab_size=20)
     batch = _batch()
     # Jitted: one compile instead of one per operation of an eager forward pass.
     params = jax.jit(model.init)(jax.random.key(0), batch["inputs"], batch["lengths"])["params"]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import model_spec
 
 from mtlrnn.model.interop import trunk_config_from_torch
 from mtlrnn.model.interop import trunk_params_from_torch
@@ -67,7 +68,8 @@ def _torch_run(module, x, w_out_full, w_h):
 
 
 def _ours(cell, num_layers, bidirectional):
-    return Trunk(cell=cell, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional)
+    return Trunk(model_spec(
+        cell=cell, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional))
 
 
 @pytest.mark.parametrize("cell,num_layers,bidirectional", CASES)
@@ -140,7 +142,7 @@ def test_config_from_torch(cell, num_layers, bidirectional):
     }
     params = trunk_params_from_torch(sd, cell=cell)
     # The inferred config builds a Trunk whose initialised params have the loaded shapes.
-    trunk = Trunk(cell=cell, **{k: v for k, v in cfg.items() if k != "input_size"})
+    trunk = Trunk(model_spec(cell=cell, **{k: v for k, v in cfg.items() if k != "input_size"}))
     init = jax.eval_shape(trunk.init, jax.random.key(0), jnp.zeros((1, 2, IN)), jnp.array([2]))
     assert jax.tree.map(np.shape, init["params"]) == jax.tree.map(np.shape, params)
 

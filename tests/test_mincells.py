@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtlrnn.model.mincells import MIN_CELLS
+from mtlrnn.model.cells import LINEAR_CELLS
+from mtlrnn.model.cells import get_cell
 from mtlrnn.model.mincells import SCANS
 from mtlrnn.model.mincells import choose_scan
 from mtlrnn.model.mincells import coefficients
@@ -31,7 +32,7 @@ def _sigmoid(v):
 
 def _gx(cell, seed=0, scale=2.0):
     rng = np.random.default_rng(seed)
-    return jnp.asarray(scale * rng.normal(size=(L, B, MIN_CELLS[cell] * H)), jnp.float32)
+    return jnp.asarray(scale * rng.normal(size=(L, B, get_cell(cell).num_gates * H)), jnp.float32)
 
 
 def _reference(cell, gx, lengths):
@@ -69,7 +70,7 @@ def _loss(cell, method, unroll=1, mask=MASK):
 
 
 @pytest.mark.parametrize("method", SCANS)
-@pytest.mark.parametrize("cell", list(MIN_CELLS))
+@pytest.mark.parametrize("cell", list(LINEAR_CELLS))
 def test_matches_reference(cell, method):
     gx = _gx(cell)
     ys, h_final = min_layer(cell, gx, jnp.asarray(MASK), method=method)
@@ -81,7 +82,7 @@ def test_matches_reference(cell, method):
 
 
 @pytest.mark.parametrize("method", SCANS)
-@pytest.mark.parametrize("cell", list(MIN_CELLS))
+@pytest.mark.parametrize("cell", list(LINEAR_CELLS))
 def test_backward_direction_by_flipping(cell, method):
     """The caller's backward direction: flip time, scan (padding first), flip back."""
     gx = _gx(cell, seed=1)
@@ -92,7 +93,7 @@ def test_backward_direction_by_flipping(cell, method):
         chex.assert_trees_all_close(h_final[row], ref_final[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", list(MIN_CELLS))
+@pytest.mark.parametrize("cell", list(LINEAR_CELLS))
 def test_sequential_and_associative_agree_with_gradients(cell):
     gx = _gx(cell, seed=2)
     results = {
@@ -109,7 +110,7 @@ def test_sequential_and_associative_agree_with_gradients(cell):
 
 
 @pytest.mark.parametrize("method", SCANS)
-@pytest.mark.parametrize("cell", list(MIN_CELLS))
+@pytest.mark.parametrize("cell", list(LINEAR_CELLS))
 def test_nan_in_padded_gx_does_not_leak(cell, method):
     gx = _gx(cell, seed=4)
     poisoned = jnp.where(jnp.asarray(MASK)[:, :, None], gx, jnp.nan)
@@ -144,7 +145,7 @@ def test_linear_scan_masks_with_where(method):
     assert all(np.all(np.asarray(g)[~MASK] == 0.0) for g in grads)
 
 
-@pytest.mark.parametrize("cell", list(MIN_CELLS))
+@pytest.mark.parametrize("cell", list(LINEAR_CELLS))
 def test_saturated_gates_stay_finite(cell):
     gx = _gx(cell, seed=6, scale=1e4)
     a, b = coefficients(cell, gx)
@@ -179,7 +180,7 @@ def test_empty_sequence():
 
 
 @pytest.mark.parametrize("method", SCANS)
-@pytest.mark.parametrize("cell", list(MIN_CELLS))
+@pytest.mark.parametrize("cell", list(LINEAR_CELLS))
 def test_bfloat16(cell, method):
     gx = _gx(cell, seed=7).astype(jnp.bfloat16)
     ys, h_final = min_layer(cell, gx, jnp.asarray(MASK), method=method)

@@ -20,6 +20,7 @@ from mtlrnn.data.sources import load_data
 from mtlrnn.data.text import encode_text
 from mtlrnn.model.char_encoder import CharCNN
 from mtlrnn.model.char_encoder import CharLSTM
+from mtlrnn.model.spec import ModelConfig
 from mtlrnn.predict import predict
 from mtlrnn.training.run import fit
 
@@ -105,8 +106,7 @@ def _conllu_config(treebank, *extra):
 @pytest.mark.parametrize("cls, width", [(CharCNN, 12), (CharLSTM, 2 * 12)])
 def test_char_encoder_shapes_and_padding(cls, width):
     chars = jnp.array([[[3, 4, 5, 0], [6, 0, 0, 0], [0, 0, 0, 0]]], jnp.int32)  # [B=1, L=3, C=4]
-    kwargs = {"features": 12} if cls is CharCNN else {"hidden_size": 12}
-    enc = cls(vocab_size=8, embed_dim=5, **kwargs)
+    enc = cls(vocab_size=8, spec=ModelConfig(char_embed_dim=5, char_features=12))
     params = enc.init(jax.random.key(0), chars)
     out = jax.jit(enc.apply)(params, chars)
     assert out.shape == (1, 3, width)

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from mtlrnn.model.multitask import MultiTaskRNN
+from mtlrnn.model.spec import ModelConfig
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.training.gradients import task_jacobian
 from mtlrnn.training.losses import task_losses
@@ -102,7 +103,8 @@ TASKS = (
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = MultiTaskRNN(tasks=TASKS, vocab_size=20, embed_dim=4, hidden_size=4, dropout=0.0)
+    spec = ModelConfig(embed_dim=4, hidden_size=4, dropout=0.0)
+    model = MultiTaskRNN(tasks=TASKS, spec=spec, vocab_size=20)
     rng = np.random.default_rng(0)
     batch = {
         "inputs": jnp.asarray(rng.integers(1, 20, (4, 5)), jnp.int32),

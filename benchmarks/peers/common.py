@@ -443,11 +443,11 @@ def main(name: str, build: Callable[[argparse.Namespace, list], Runner],
     cpu_tuning: dict[str, Any] = {"mode": tuning}
     if tuning == "on" or (tuning == "auto" and name == "mtlrnn"):
         from mtlrnn import cpu_tuning as tuner  # process settings; before any JAX computation
-        from mtlrnn.model.trunk import cell_gates
+        from mtlrnn.model.cells import get_cell
 
         largest = tuner.largest_buffer_bytes(
             batch=args.batch, length=args.length, hidden=args.hidden,
-            gates=cell_gates(getattr(args, "cell", "lstm")),
+            gates=get_cell(getattr(args, "cell", "lstm")).num_gates,
             itemsize=2 if getattr(args, "dtype", "float32") == "bfloat16" else 4)
         cpu_tuning.update(tuner.apply(largest_buffer=largest))
     elif tuning == "off":

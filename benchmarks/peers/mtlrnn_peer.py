@@ -22,9 +22,8 @@ import importlib.metadata
 from typing import Any
 
 import common
-import numpy as np
 
-# CLI option -> MultiTaskRNN attribute, for the options passed through unchanged.
+# CLI option -> ModelConfig field (the model's hyper-parameters), passed through unchanged.
 MODEL_OPTIONS = {"impl": "impl", "scan": "scan", "unroll": "unroll", "remat": "remat",
                  "remat_chunk": "remat_chunk"}
 # Attributes recorded in the JSON line (what the model actually used, defaults included).
@@ -32,11 +31,9 @@ REPORTED = ("cell", "impl", "scan", "unroll", "remat", "remat_chunk")
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """MultiTaskRNN keyword arguments for the variant options of `args`: `cell` always,
-    everything else only when set to a non-default value."""
-    import jax.numpy as jnp
-
-    import mtlrnn
+    """ModelConfig fields for the variant options of `args`: `cell` always, everything else
+    only when set to a non-default value."""
+    from mtlrnn.model.spec import ModelConfig
 
     variant = common.variant_of(args)
     options: dict[str, Any] = {"cell": variant["cell"]}
@@ -44,13 +41,12 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         if variant[key] != common.VARIANT_DEFAULTS[key]:
             options[attribute] = variant[key]
     if variant["dtype"] == "bfloat16":
-        options["dtype"] = jnp.bfloat16
-        options["param_dtype"] = jnp.float32
-    known = {f.name for f in dataclasses.fields(mtlrnn.MultiTaskRNN)}
+        options["compute_dtype"] = "bfloat16"
+        options["param_dtype"] = "float32"
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
     missing = sorted(k for k in options if k not in known)
     if missing:
-        raise common.Unsupported(
-            f"this mtlrnn's MultiTaskRNN has no attribute(s) {', '.join(missing)}")
+        raise common.Unsupported(f"this mtlrnn's ModelConfig has no field(s) {', '.join(missing)}")
     return options
 
 
@@ -62,9 +58,9 @@ def build_model(args: argparse.Namespace) -> Any:
         mtlrnn.TaskSpec(f"task{k}", "token", "classification", num_classes=c)
         for k, c in enumerate(args.classes)
     )
-    return mtlrnn.MultiTaskRNN(
-        tasks=tasks,
-        vocab_size=args.vocab,
+    from mtlrnn.model.spec import ModelConfig
+
+    spec = ModelConfig(
         embed_dim=args.embed,
         hidden_size=args.hidden,
         num_layers=args.layers,
@@ -72,6 +68,7 @@ def build_model(args: argparse.Namespace) -> Any:
         dropout=0.0,
         **model_options(args),
     )
+    return mtlrnn.MultiTaskRNN(tasks=tasks, spec=spec, vocab_size=args.vocab)
 
 
 def reference_model_and_data(args: argparse.Namespace, batches: list) -> tuple:
@@ -94,17 +91,15 @@ def reference_model_and_data(args: argparse.Namespace, batches: list) -> tuple:
 
 
 def model_attributes(model: Any) -> dict[str, Any]:
-    """The trunk attributes the model was built with (absent ones are skipped)."""
+    """The trunk hyper-parameters the model was built with (absent ones are skipped)."""
+    spec = model.spec
     found = {}
     for name in REPORTED:
-        if hasattr(model, name):
-            value = getattr(model, name)
+        if hasattr(spec, name):
+            value = getattr(spec, name)
             found[name] = value if isinstance(value, str | int | bool | None) else str(value)
-    for name in ("dtype", "param_dtype"):
-        try:
-            found[name] = np.dtype(getattr(model, name)).name
-        except TypeError:
-            found[name] = str(getattr(model, name, "?"))
+    found["dtype"] = spec.compute_dtype
+    found["param_dtype"] = spec.param_dtype
     return found
 
 

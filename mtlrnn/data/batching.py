@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,6 +88,86 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size: must be a positive integer, got {batch_size}")
 
 
+class _Grid(NamedTuple):
+    """Where each cell of a ``[B, L]`` batch comes from (``n`` real rows, then padding)."""
+
+    idx: np.ndarray  # int64 [n], the examples of the real rows
+    rows: np.ndarray  # int64 [B], idx padded with example 0 (masked out by valid)
+    steps: np.ndarray  # int [L], 0 .. L - 1
+    valid: np.ndarray  # bool [B, L], step < row length; all False on padded rows
+
+
+def _batch_indices(indices: Sequence[int], batch_size: int) -> np.ndarray:
+    """``indices`` as int64 ``[n]``; a ValueError when ``n > batch_size``."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(idx) > batch_size:
+        raise ValueError(f"indices: at most batch_size={batch_size} examples, got {len(idx)}")
+    return idx
+
+
+def _padded_lengths(
+    dataset: SequenceDataset, idx: np.ndarray, *, length: int, batch_size: int
+) -> np.ndarray:
+    """int32 ``[B]``: the lengths of examples ``idx``, then 0 for padded rows; a ValueError
+    names the first example longer than ``length``."""
+    lens = np.zeros(batch_size, np.int32)
+    lens[: len(idx)] = dataset.lengths[idx]
+    if len(idx) and lens.max() > length:
+        row = int(np.argmax(lens))
+        raise ValueError(
+            f"length: example {int(idx[row])} has length {int(lens[row])} > batch length "
+            f"{length}; use a longer batch length"
+        )
+    return lens
+
+
+def _grid(idx: np.ndarray, lens: np.ndarray, length: int) -> _Grid:
+    """The :class:`_Grid` of examples ``idx`` with padded lengths ``lens: [B]``, ``L = length``."""
+    steps = np.arange(length)
+    valid = steps[None, :] < lens[:, None]  # [B, L]; all False on padded rows
+    rows = np.zeros(len(lens), np.int64)
+    rows[: len(idx)] = idx
+    return _Grid(idx=idx, rows=rows, steps=steps, valid=valid)
+
+
+def _gather(dataset: SequenceDataset, grid: _Grid, field: str, task: str = "") -> np.ndarray:
+    """A ragged field padded to ``[B, L, ...]`` with one vectorised gather; 0 where invalid."""
+    flat, offsets = _packed(dataset, field, task)
+    pos = np.where(grid.valid, offsets[grid.rows][:, None] + grid.steps[None, :], 0)
+    out = flat[pos]
+    mask = grid.valid.reshape(grid.valid.shape + (1,) * (out.ndim - 2))
+    return np.where(mask, out, np.zeros((), out.dtype))
+
+
+def _label_dtype(spec: TaskSpec) -> type[np.generic]:
+    """int32 for classification labels, float32 for regression targets."""
+    return np.int32 if spec.kind == "classification" else np.float32
+
+
+def _token_task(
+    dataset: SequenceDataset, spec: TaskSpec, grid: _Grid
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``[B, L]`` (or ``[B, L, dim]``) and float32 mask ``[B, L]`` of a token task."""
+    labels = _gather(dataset, grid, "labels", spec.name).astype(_label_dtype(spec))
+    if spec.name in dataset.masks:
+        return labels, _gather(dataset, grid, "masks", spec.name).astype(np.float32)
+    return labels, grid.valid.astype(np.float32)
+
+
+def _sequence_task(
+    dataset: SequenceDataset, spec: TaskSpec, grid: _Grid
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``[B]`` (or ``[B, dim]``) and float32 mask ``[B]`` of a sequence task."""
+    n, batch_size = len(grid.idx), len(grid.rows)
+    y = np.asarray(dataset.labels[spec.name])
+    labels = np.zeros((batch_size,) + y.shape[1:], _label_dtype(spec))
+    labels[:n] = y[grid.idx]
+    mask = (np.arange(batch_size) < n).astype(np.float32)  # 0 on padded rows
+    if spec.name in dataset.masks:
+        mask[:n] *= np.asarray(dataset.masks[spec.name], np.float32)[grid.idx]
+    return labels, mask
+
+
 def make_batch(
     dataset: SequenceDataset,
     tasks: Sequence[TaskSpec],
@@ -105,54 +186,18 @@ def make_batch(
       ``L = length``.
     """
     _check_batch_size(batch_size)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(idx) > batch_size:
-        raise ValueError(f"indices: at most batch_size={batch_size} examples, got {len(idx)}")
-    lens = np.zeros(batch_size, np.int32)
-    lens[: len(idx)] = dataset.lengths[idx]
-    if len(idx) and lens.max() > length:
-        row = int(np.argmax(lens))
-        raise ValueError(
-            f"length: example {int(idx[row])} has length {int(lens[row])} > batch length "
-            f"{length}; use a longer batch length"
-        )
-    steps = np.arange(length)
-    valid = steps[None, :] < lens[:, None]  # [B, L]; all False on padded rows
-    rows = np.zeros(batch_size, np.int64)
-    rows[: len(idx)] = idx
-
-    def gather(field: str, task: str = "") -> np.ndarray:
-        flat, offsets = _packed(dataset, field, task)
-        pos = np.where(valid, offsets[rows][:, None] + steps[None, :], 0)
-        out = flat[pos]
-        mask = valid.reshape(valid.shape + (1,) * (out.ndim - 2))
-        return np.where(mask, out, np.zeros((), out.dtype))
-
-    inputs = gather("inputs")
+    idx = _batch_indices(indices, batch_size)
+    lens = _padded_lengths(dataset, idx, length=length, batch_size=batch_size)
+    grid = _grid(idx, lens, length)
+    inputs = _gather(dataset, grid, "inputs")
     inputs = inputs.astype(np.int32 if np.issubdtype(inputs.dtype, np.integer) else np.float32)
-    real = (np.arange(batch_size) < len(idx)).astype(np.float32)
     labels, masks = {}, {}
     for spec in tasks:
-        name = spec.name
-        dtype = np.int32 if spec.kind == "classification" else np.float32
-        if spec.level == "token":
-            labels[name] = gather("labels", name).astype(dtype)
-            if name in dataset.masks:
-                masks[name] = gather("masks", name).astype(np.float32)
-            else:
-                masks[name] = valid.astype(np.float32)
-        else:
-            y = np.asarray(dataset.labels[name])
-            out = np.zeros((batch_size,) + y.shape[1:], dtype)
-            out[: len(idx)] = y[idx]
-            labels[name] = out
-            m = real.copy()
-            if name in dataset.masks:
-                m[: len(idx)] *= np.asarray(dataset.masks[name], np.float32)[idx]
-            masks[name] = m
+        task_arrays = _token_task if spec.level == "token" else _sequence_task
+        labels[spec.name], masks[spec.name] = task_arrays(dataset, spec, grid)
     batch = {"inputs": inputs, "lengths": lens, "labels": labels, "masks": masks}
     if dataset.chars is not None:
-        batch["chars"] = gather("chars").astype(np.int32)
+        batch["chars"] = _gather(dataset, grid, "chars").astype(np.int32)
     return batch
 
 

@@ -10,7 +10,9 @@ of columns. Files are UTF-8; a byte that is not is reported with its line and co
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 
@@ -39,6 +41,59 @@ def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
         raise utf8_error(path, "column-file text") from None
 
 
+def _needed_columns(columns: Mapping[str, int], word_column: int) -> int:
+    """How many columns a token line needs; a ValueError for a bad column index."""
+    indices = {"word_column": word_column, **{f"column of {t!r}": c for t, c in columns.items()}}
+    for what, idx in indices.items():
+        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+            raise ValueError(f"read_columns: {what} must be a non-negative int, got {idx!r}")
+    return max(indices.values()) + 1
+
+
+def _token_fields(path: str, needed: int) -> Iterator[list[str] | None]:
+    """The fields of each token line of ``path``, in order, and ``None`` for each line that
+    ends a sentence (blank or ``-DOCSTART-``).
+
+    A ValueError names the first line with fewer than ``needed`` fields, or whose field
+    count differs from the file's first token line.
+    """
+    width: int | None = None
+    width_line = 0
+    for lineno, line in _numbered_lines(path):
+        fields = line.split()
+        if not fields or fields[0].startswith(DOCSTART):
+            yield None
+            continue
+        if len(fields) < needed:
+            raise ValueError(
+                f"{path}:{lineno}: expected at least {needed} columns, got {len(fields)}: "
+                f"{line.rstrip()!r}"
+            )
+        if width is None:
+            width, width_line = len(fields), lineno
+        elif len(fields) != width:
+            raise ValueError(
+                f"{path}:{lineno}: inconsistent column count: got {len(fields)}, but "
+                f"line {width_line} has {width}"
+            )
+        yield fields
+
+
+def _sentence_rows(fields: Iterable[list[str] | None]) -> Iterator[list[list[str]]]:
+    """Runs of token lines between sentence ends; empty sentences yield nothing."""
+    for is_token, rows in itertools.groupby(fields, key=lambda f: f is not None):
+        if is_token:
+            yield list(rows)
+
+
+def _sentence(rows: list[list[str]], columns: Mapping[str, int], word_column: int) -> Sentence:
+    """The sentence whose token lines have the fields ``rows``."""
+    return Sentence(
+        words=[f[word_column] for f in rows],
+        labels={task: [f[c] for f in rows] for task, c in columns.items()},
+    )
+
+
 def read_columns(
     path: str | os.PathLike[str],
     *,
@@ -61,53 +116,6 @@ def read_columns(
         differs from the file's first token line; or a byte that is not UTF-8 (naming the
         file, line and column).
     """
-    indices = {"word_column": word_column, **{f"column of {t!r}": c for t, c in columns.items()}}
-    for what, idx in indices.items():
-        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            raise ValueError(f"read_columns: {what} must be a non-negative int, got {idx!r}")
-    needed = max(indices.values()) + 1
-    name = os.fspath(path)
-
-    sentences: list[Sentence] = []
-    words: list[str] = []
-    labels: dict[str, list[str]] = {t: [] for t in columns}
-    width: int | None = None
-    width_line = 0
-    skip_blank = False
-
-    def flush() -> None:
-        nonlocal words, labels
-        if words:
-            sentences.append(Sentence(words=words, labels=labels))
-        words = []
-        labels = {t: [] for t in columns}
-
-    for lineno, line in _numbered_lines(name):
-        fields = line.split()
-        if not fields:
-            if not skip_blank:
-                flush()
-            skip_blank = False
-            continue
-        skip_blank = False
-        if fields[0].startswith(DOCSTART):
-            flush()
-            skip_blank = True
-            continue
-        if len(fields) < needed:
-            raise ValueError(
-                f"{name}:{lineno}: expected at least {needed} columns, got {len(fields)}: "
-                f"{line.rstrip()!r}"
-            )
-        if width is None:
-            width, width_line = len(fields), lineno
-        elif len(fields) != width:
-            raise ValueError(
-                f"{name}:{lineno}: inconsistent column count: got {len(fields)}, but "
-                f"line {width_line} has {width}"
-            )
-        words.append(fields[word_column])
-        for task, c in columns.items():
-            labels[task].append(fields[c])
-    flush()
-    return sentences
+    needed = _needed_columns(columns, word_column)
+    fields = _token_fields(os.fspath(path), needed)
+    return [_sentence(rows, columns, word_column) for rows in _sentence_rows(fields)]

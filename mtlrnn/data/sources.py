@@ -114,6 +114,99 @@ def _text_data(text: TextData, name: str) -> Data:
     )
 
 
+def _synthetic_data(data_cfg: DataConfig) -> Data:
+    """The generated suite of ``data.synthetic``, with its Bayes-optimal scores."""
+    from mtlrnn.data.synthetic import make_suite
+
+    suite = make_suite(data_cfg.synthetic)
+    return Data(
+        tasks=suite.tasks,
+        splits=suite.splits,
+        vocab_size=suite.vocab_size,
+        bayes=suite.bayes,
+        description=suite.description,
+    )
+
+
+def _conllu_data(data_cfg: DataConfig) -> Data:
+    """The UD treebank of ``data.conllu`` (split files, or else a treebank directory)."""
+    from mtlrnn.data.conllu_reader import load_ud
+
+    cfg, text_opts = data_cfg.conllu, data_cfg.text
+    _check_files("conllu", cfg.files)
+    if not cfg.files:
+        _check_exists("data.conllu.dir", cfg.dir, directory=True)
+    text = load_ud(
+        cfg.dir or None,
+        files=cfg.files or None,
+        tasks=cfg.columns,
+        min_count=text_opts.min_count,
+        lowercase=text_opts.lowercase,
+        max_word_len=text_opts.max_word_len,
+    )
+    return _text_data(text, f"CoNLL-U {cfg.dir or cfg.files['train']}")
+
+
+def _column_sentences(
+    path: str, *, tasks: Mapping[str, int], word_column: int
+) -> list[tuple[list[str], dict[str, list[str]], str]]:
+    """The ``(words, labels, where)`` of each sentence of one column file; ``where`` names
+    the file and the 1-based sentence number."""
+    from mtlrnn.data.columns import read_columns
+
+    sentences = read_columns(path, columns=tasks, word_column=word_column)
+    return [(s.words, s.labels, f"{path}, sentence {i + 1}") for i, s in enumerate(sentences)]
+
+
+def _columns_data(data_cfg: DataConfig) -> Data:
+    """The CoNLL-style column files of ``data.columns``."""
+    from mtlrnn.data.text import encode_text
+
+    cfg, text_opts = data_cfg.columns, data_cfg.text
+    _check_files("columns", cfg.files)
+    sentences: dict[str, Any] = {
+        split: _column_sentences(path, tasks=cfg.tasks, word_column=cfg.word_column)
+        for split, path in cfg.files.items()
+    }
+    text = encode_text(
+        sentences,
+        tasks=tuple(cfg.tasks),
+        min_count=text_opts.min_count,
+        lowercase=text_opts.lowercase,
+        max_word_len=text_opts.max_word_len,
+    )
+    return _text_data(text, f"column files {cfg.files['train']}")
+
+
+def _csv_data(data_cfg: DataConfig) -> Data:
+    """The CSV time series of ``data.csv``, cut into windows."""
+    from mtlrnn.data.timeseries import Target
+    from mtlrnn.data.timeseries import load_timeseries
+
+    cfg = data_cfg.csv
+    _check_files("csv", cfg.files)
+    series = load_timeseries(
+        cfg.files,
+        inputs=cfg.inputs,
+        targets={
+            name: Target(column=t.column, level=t.level, kind=t.kind)
+            for name, t in cfg.targets.items()
+        },
+        window=cfg.window,
+        stride=cfg.stride,
+        horizon=cfg.horizon,
+        group_column=cfg.group_column or None,
+        normalize=cfg.normalize,
+        normalize_targets=cfg.normalize_targets,
+    )
+    return Data(
+        tasks=series.tasks,
+        splits=series.splits,
+        num_features=series.num_features,
+        description=series.description,
+    )
+
+
 def load_data(data_cfg: DataConfig) -> Data:
     """Build the data of ``data_cfg`` (see the module docstring).
 
@@ -122,80 +215,14 @@ def load_data(data_cfg: DataConfig) -> Data:
       ValueError: malformed data, naming the file and line.
     """
     source = data_cfg.source
-    text_opts = data_cfg.text
     if source == "synthetic":
-        from mtlrnn.data.synthetic import make_suite
-
-        suite = make_suite(data_cfg.synthetic)
-        return Data(
-            tasks=suite.tasks,
-            splits=suite.splits,
-            vocab_size=suite.vocab_size,
-            bayes=suite.bayes,
-            description=suite.description,
-        )
+        return _synthetic_data(data_cfg)
     if source == "conllu":
-        from mtlrnn.data.conllu_reader import load_ud
-
-        cfg = data_cfg.conllu
-        _check_files("conllu", cfg.files)
-        if not cfg.files:
-            _check_exists("data.conllu.dir", cfg.dir, directory=True)
-        text = load_ud(
-            cfg.dir or None,
-            files=cfg.files or None,
-            tasks=cfg.columns,
-            min_count=text_opts.min_count,
-            lowercase=text_opts.lowercase,
-            max_word_len=text_opts.max_word_len,
-        )
-        return _text_data(text, f"CoNLL-U {cfg.dir or cfg.files['train']}")
+        return _conllu_data(data_cfg)
     if source == "columns":
-        from mtlrnn.data.columns import read_columns
-        from mtlrnn.data.text import encode_text
-
-        cfg = data_cfg.columns
-        _check_files("columns", cfg.files)
-        sentences: dict[str, Any] = {}
-        for split, path in cfg.files.items():
-            sents = read_columns(path, columns=cfg.tasks, word_column=cfg.word_column)
-            sentences[split] = [
-                (s.words, s.labels, f"{path}, sentence {i + 1}") for i, s in enumerate(sents)
-            ]
-        text = encode_text(
-            sentences,
-            tasks=tuple(cfg.tasks),
-            min_count=text_opts.min_count,
-            lowercase=text_opts.lowercase,
-            max_word_len=text_opts.max_word_len,
-        )
-        return _text_data(text, f"column files {cfg.files['train']}")
+        return _columns_data(data_cfg)
     if source == "csv":
-        from mtlrnn.data.timeseries import Target
-        from mtlrnn.data.timeseries import load_timeseries
-
-        cfg = data_cfg.csv
-        _check_files("csv", cfg.files)
-        series = load_timeseries(
-            cfg.files,
-            inputs=cfg.inputs,
-            targets={
-                name: Target(column=t.column, level=t.level, kind=t.kind)
-                for name, t in cfg.targets.items()
-            },
-            window=cfg.window,
-            stride=cfg.stride,
-            horizon=cfg.horizon,
-            group_column=cfg.group_column or None,
-            normalize=cfg.normalize,
-            normalize_targets=cfg.normalize_targets,
-        )
-        return Data(
-            tasks=series.tasks,
-            splits=series.splits,
-            num_features=series.num_features,
-            description=series.description,
-        )
+        return _csv_data(data_cfg)
     raise ConfigError(
         f"data.source: must be one of synthetic, conllu, columns, csv; got {source!r}"
     )

@@ -41,6 +41,7 @@ import os
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Literal
+from typing import NamedTuple
 
 import numpy as np
 
@@ -260,6 +261,42 @@ def _windows(a: np.ndarray, starts: np.ndarray, window: int) -> list[np.ndarray]
 # ----------------------------------------------------------------------------- loading
 
 
+class _Windowing(NamedTuple):
+    """How a series is cut: ``window`` steps, starts ``stride`` apart, targets ``horizon``
+    steps ahead (all checked, ``stride >= 1``)."""
+
+    window: int
+    stride: int
+    horizon: int
+
+
+class _Table(NamedTuple):
+    """One split's file as read, before parsing (``R`` data rows)."""
+
+    split: str
+    path: str
+    cells: dict[str, list[str]]  # column -> its R raw cells
+    lines: np.ndarray  # int64 [R], the 1-based line where each row starts
+
+
+class _Series(NamedTuple):
+    """One split's rows parsed (``R`` rows, ``F`` inputs), not yet normalised or windowed."""
+
+    table: _Table
+    features: np.ndarray  # float64 [R, F]
+    targets: dict[str, np.ndarray | list[str]]  # task -> float64 [R] values or R labels
+
+
+class _Stats(NamedTuple):
+    """What is fitted on the train split (the fields of the same name in :class:`TimeSeries`)."""
+
+    mean: np.ndarray  # float64 [F]
+    std: np.ndarray  # float64 [F], 0 replaced by 1
+    target_mean: dict[str, float]  # regression task -> mean of its target
+    target_std: dict[str, float]  # regression task -> std of its target
+    label_vocabs: dict[str, LabelVocabulary]  # classification task -> its vocabulary
+
+
 def _check_int(name: str, value: object, low: int, rule: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}: must be an integer {rule}, got {value!r}")
@@ -281,8 +318,195 @@ def _check_names(name: str, values: object) -> list[str]:
     return names
 
 
+def _check_files(files: object) -> None:
+    """A ValueError unless ``files`` maps split names to paths, ``"train"`` among them."""
+    if not isinstance(files, Mapping) or TRAIN not in files:
+        got = sorted(files) if isinstance(files, Mapping) else files
+        raise ValueError(
+            f"files: must map split names to CSV paths and include {TRAIN!r} (statistics and "
+            f"label vocabularies are fitted on it), got {got!r}"
+        )
+
+
+def _check_windowing(*, window: object, stride: object, horizon: object) -> _Windowing:
+    """The checked window arguments; a stride of 0 becomes ``window``."""
+    window = _check_int("window", window, 1, ">= 1")
+    stride = _check_int("stride", stride, 0, ">= 0 (0 means stride = window)") or window
+    horizon = _check_int("horizon", horizon, 0, ">= 0")
+    return _Windowing(window=window, stride=stride, horizon=horizon)
+
+
+def _check_targets(targets: object) -> None:
+    """A ValueError unless ``targets`` is a non-empty mapping task name -> :class:`Target`."""
+    if not isinstance(targets, Mapping) or not targets:
+        raise ValueError(
+            f"targets: needs at least one task, as a mapping task name -> Target, got {targets!r}"
+        )
+    for name, target in targets.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"targets: task names must be non-empty strings, got {name!r}")
+        if not isinstance(target, Target):
+            raise ValueError(
+                f"targets[{name!r}]: must be a Target(column, level, kind), got {target!r}"
+            )
+
+
+def _check_group_column(group_column: object) -> None:
+    """A ValueError unless ``group_column`` is ``None`` or a non-empty string."""
+    if group_column is not None and (not isinstance(group_column, str) or not group_column):
+        raise ValueError(f"group_column: must be a column name or None, got {group_column!r}")
+
+
+def _columns(
+    inputs: Sequence[str], targets: Mapping[str, Target], group_column: str | None
+) -> list[str]:
+    """Every column to read: inputs, target columns, then the group column."""
+    columns = list(inputs) + [t.column for t in targets.values()]
+    if group_column is not None:
+        columns.append(group_column)
+    return columns
+
+
+def _read_splits(
+    files: Mapping[str, str | os.PathLike[str]], columns: Sequence[str]
+) -> dict[str, _Table]:
+    """Read every split's ``columns``, train first; a ValueError for a file without rows."""
+    paths = {split: os.fspath(p) for split, p in files.items()}
+    tables: dict[str, _Table] = {}
+    for split in [TRAIN] + [s for s in paths if s != TRAIN]:
+        cells, lines = _read_table(paths[split], columns)
+        if not len(lines):
+            raise ValueError(f"{paths[split]}: expected data rows after the header, got none")
+        tables[split] = _Table(split=split, path=paths[split], cells=cells, lines=lines)
+    return tables
+
+
+def _cached_numbers(table: _Table, column: str, cache: dict[str, np.ndarray]) -> np.ndarray:
+    """``column`` of ``table`` as float64 ``[R]``, parsed once per ``cache``."""
+    if column not in cache:
+        cache[column] = _parse_numbers(table.path, column, table.cells[column], table.lines)
+    return cache[column]
+
+
+def _parse_split(table: _Table, inputs: Sequence[str], targets: Mapping[str, Target]) -> _Series:
+    """Parse one split's cells (inputs first, then targets in order) into a :class:`_Series`."""
+    cache: dict[str, np.ndarray] = {}  # a column both input and target is parsed once
+    features = np.stack([_cached_numbers(table, c, cache) for c in inputs], axis=1)
+    values = {
+        name: _cached_numbers(table, t.column, cache)
+        if t.kind == "regression"
+        else _parse_labels(table.path, t.column, table.cells[t.column], table.lines)
+        for name, t in targets.items()
+    }
+    return _Series(table=table, features=features, targets=values)
+
+
+def _input_stats(features: np.ndarray, *, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float64 ``[F]`` mean and std (0 replaced by 1) of ``features: [R, F]``, or zeros and
+    ones when not normalising."""
+    if not normalize:
+        num_features = features.shape[1]
+        return np.zeros(num_features), np.ones(num_features)
+    mean = features.mean(axis=0)
+    std = features.std(axis=0)
+    return np.asarray(mean, np.float64), np.asarray(np.where(std > 0, std, 1.0), np.float64)
+
+
+def _fit_stats(
+    train: _Series, targets: Mapping[str, Target], *, normalize: bool, normalize_targets: bool
+) -> _Stats:
+    """Fit input and target statistics and label vocabularies on the train split."""
+    mean, std = _input_stats(train.features, normalize=normalize)
+    target_mean: dict[str, float] = {}
+    target_std: dict[str, float] = {}
+    vocabs: dict[str, LabelVocabulary] = {}
+    for name, t in targets.items():
+        train_y = train.targets[name]
+        if t.kind == "classification":
+            vocabs[name] = label_vocab(train_y, allow_unknown=True)
+        elif normalize_targets:
+            s = float(np.std(train_y))
+            target_mean[name] = float(np.mean(train_y))
+            target_std[name] = s if s > 0 else 1.0
+        else:
+            target_mean[name], target_std[name] = 0.0, 1.0
+    return _Stats(
+        mean=mean, std=std, target_mean=target_mean, target_std=target_std, label_vocabs=vocabs
+    )
+
+
+def _task_specs(
+    targets: Mapping[str, Target], vocabs: Mapping[str, LabelVocabulary]
+) -> tuple[TaskSpec, ...]:
+    """One :class:`TaskSpec` per target, in order; ``dim = 1``."""
+    return tuple(
+        TaskSpec(
+            name=name,
+            level=t.level,
+            kind=t.kind,
+            num_classes=len(vocabs[name]) if t.kind == "classification" else 0,
+            dim=1,
+        )
+        for name, t in targets.items()
+    )
+
+
+def _split_starts(table: _Table, cut: _Windowing, group_column: str | None) -> np.ndarray:
+    """First rows of the split's windows, int64 ``[N]``; a ValueError when there is none."""
+    cells = None if group_column is None else table.cells[group_column]
+    bounds = _series_bounds(table.path, group_column, cells, table.lines)
+    starts = _window_starts(bounds, window=cut.window, stride=cut.stride, horizon=cut.horizon)
+    if not len(starts):
+        longest = int(np.max(np.diff(bounds)))
+        series = "" if group_column is None else f" (longest group: {longest} rows)"
+        raise ValueError(
+            f"{table.path}: split {table.split!r} gives no window: it has {len(table.lines)} rows"
+            f"{series}, fewer than window + horizon = {cut.window + cut.horizon} in every series"
+        )
+    return starts
+
+
 def _z(values: np.ndarray, mean: np.ndarray | float, std: np.ndarray | float) -> np.ndarray:
     return ((values - mean) / std).astype(np.float32)
+
+
+def _target_rows(spec: TaskSpec, values: np.ndarray | list[str], stats: _Stats) -> np.ndarray:
+    """A target per row: int32 ``[R]`` class ids, or float32 ``[R, 1]`` z-scored values."""
+    if spec.kind == "classification":
+        return stats.label_vocabs[spec.name].encode(values)
+    mean, std = stats.target_mean[spec.name], stats.target_std[spec.name]
+    return _z(values, mean, std)[:, None]
+
+
+def _window_labels(
+    spec: TaskSpec, y: np.ndarray, starts: np.ndarray, cut: _Windowing
+) -> list[np.ndarray] | np.ndarray:
+    """Per-row targets ``y`` taken ``horizon`` ahead: a view per window (token tasks) or the
+    last step's target of each window, stacked (sequence tasks)."""
+    if spec.level == "token":
+        return _windows(y[cut.horizon :], starts, cut.window)
+    return np.ascontiguousarray(y[starts + cut.window - 1 + cut.horizon])
+
+
+def _cut_split(
+    series: _Series,
+    stats: _Stats,
+    tasks: Sequence[TaskSpec],
+    cut: _Windowing,
+    group_column: str | None,
+) -> SequenceDataset:
+    """One split's windows as a checked :class:`SequenceDataset`."""
+    starts = _split_starts(series.table, cut, group_column)
+    x = _z(series.features, stats.mean, stats.std)
+    labels = {
+        spec.name: _window_labels(
+            spec, _target_rows(spec, series.targets[spec.name], stats), starts, cut
+        )
+        for spec in tasks
+    }
+    dataset = SequenceDataset(inputs=_windows(x, starts, cut.window), labels=labels)
+    dataset.check(tasks)
+    return dataset
 
 
 def load_timeseries(
@@ -324,150 +548,38 @@ def load_timeseries(
         whose rows are not contiguous, or a split with no window (naming its file, its row
         count and ``window + horizon``).
     """
-    if not isinstance(files, Mapping) or TRAIN not in files:
-        got = sorted(files) if isinstance(files, Mapping) else files
-        raise ValueError(
-            f"files: must map split names to CSV paths and include {TRAIN!r} (statistics and "
-            f"label vocabularies are fitted on it), got {got!r}"
-        )
-    window = _check_int("window", window, 1, ">= 1")
-    stride = _check_int("stride", stride, 0, ">= 0 (0 means stride = window)") or window
-    horizon = _check_int("horizon", horizon, 0, ">= 0")
+    _check_files(files)
+    cut = _check_windowing(window=window, stride=stride, horizon=horizon)
     input_names = _check_names("inputs", inputs)
-    if not isinstance(targets, Mapping) or not targets:
-        raise ValueError(
-            f"targets: needs at least one task, as a mapping task name -> Target, got {targets!r}"
-        )
-    for name, target in targets.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"targets: task names must be non-empty strings, got {name!r}")
-        if not isinstance(target, Target):
-            raise ValueError(
-                f"targets[{name!r}]: must be a Target(column, level, kind), got {target!r}"
-            )
-    if group_column is not None and (not isinstance(group_column, str) or not group_column):
-        raise ValueError(f"group_column: must be a column name or None, got {group_column!r}")
-
-    columns = list(input_names) + [t.column for t in targets.values()]
-    if group_column is not None:
-        columns.append(group_column)
-
-    paths = {split: os.fspath(p) for split, p in files.items()}
-    order = [TRAIN] + [s for s in paths if s != TRAIN]
-    raw: dict[str, tuple[dict[str, list[str]], np.ndarray]] = {}
-    for split in order:
-        table, lines = _read_table(paths[split], columns)
-        if not len(lines):
-            raise ValueError(f"{paths[split]}: expected data rows after the header, got none")
-        raw[split] = (table, lines)
-
-    def numbers(split: str, column: str, cache: dict[str, np.ndarray]) -> np.ndarray:
-        if column not in cache:
-            table, lines = raw[split]
-            cache[column] = _parse_numbers(paths[split], column, table[column], lines)
-        return cache[column]
-
-    # Parse every split, then fit statistics on train alone.
-    features: dict[str, np.ndarray] = {}
-    targets_raw: dict[str, dict[str, np.ndarray | list[str]]] = {}
-    for split in order:
-        cache: dict[str, np.ndarray] = {}
-        table, lines = raw[split]
-        features[split] = np.stack([numbers(split, c, cache) for c in input_names], axis=1)
-        targets_raw[split] = {
-            name: numbers(split, t.column, cache)
-            if t.kind == "regression"
-            else _parse_labels(paths[split], t.column, table[t.column], lines)
-            for name, t in targets.items()
-        }
-
-    num_features = len(input_names)
-    if normalize:
-        mean = features[TRAIN].mean(axis=0)
-        std = features[TRAIN].std(axis=0)
-        std = np.where(std > 0, std, 1.0)
-    else:
-        mean, std = np.zeros(num_features), np.ones(num_features)
-    target_mean: dict[str, float] = {}
-    target_std: dict[str, float] = {}
-    vocabs: dict[str, LabelVocabulary] = {}
-    for name, t in targets.items():
-        train_y = targets_raw[TRAIN][name]
-        if t.kind == "classification":
-            vocabs[name] = label_vocab(train_y, allow_unknown=True)
-        elif normalize_targets:
-            s = float(np.std(train_y))
-            target_mean[name] = float(np.mean(train_y))
-            target_std[name] = s if s > 0 else 1.0
-        else:
-            target_mean[name], target_std[name] = 0.0, 1.0
-    tasks = tuple(
-        TaskSpec(
-            name=name,
-            level=t.level,
-            kind=t.kind,
-            num_classes=len(vocabs[name]) if t.kind == "classification" else 0,
-            dim=1,
-        )
-        for name, t in targets.items()
+    _check_targets(targets)
+    _check_group_column(group_column)
+    tables = _read_splits(files, _columns(input_names, targets, group_column))
+    series = {split: _parse_split(t, input_names, targets) for split, t in tables.items()}
+    stats = _fit_stats(
+        series[TRAIN], targets, normalize=normalize, normalize_targets=normalize_targets
     )
-
-    splits: dict[str, SequenceDataset] = {}
-    for split in paths:  # in the caller's order
-        table, lines = raw[split]
-        cells = None if group_column is None else table[group_column]
-        bounds = _series_bounds(paths[split], group_column, cells, lines)
-        starts = _window_starts(bounds, window=window, stride=stride, horizon=horizon)
-        if not len(starts):
-            longest = int(np.max(np.diff(bounds)))
-            series = "" if group_column is None else f" (longest group: {longest} rows)"
-            raise ValueError(
-                f"{paths[split]}: split {split!r} gives no window: it has {len(lines)} rows"
-                f"{series}, fewer than window + horizon = {window + horizon} in every series"
-            )
-        x = _z(features[split], mean, std)
-        labels: dict[str, list[np.ndarray] | np.ndarray] = {}
-        for spec in tasks:
-            name = spec.name
-            if spec.kind == "classification":
-                y = vocabs[name].encode(targets_raw[split][name])  # int32 [R]
-            else:
-                y = _z(targets_raw[split][name], target_mean[name], target_std[name])[:, None]
-            if spec.level == "token":
-                labels[name] = _windows(y[horizon:], starts, window)
-            else:
-                labels[name] = np.ascontiguousarray(y[starts + window - 1 + horizon])
-        dataset = SequenceDataset(inputs=_windows(x, starts, window), labels=labels)
-        dataset.check(tasks)
-        splits[split] = dataset
-
+    tasks = _task_specs(targets, stats.label_vocabs)
+    splits = {s: _cut_split(series[s], stats, tasks, cut, group_column) for s in files}
     return TimeSeries(
         splits=splits,
         tasks=tasks,
-        num_features=num_features,
-        mean=np.asarray(mean, np.float64),
-        std=np.asarray(std, np.float64),
-        target_mean=target_mean,
-        target_std=target_std,
-        label_vocabs=vocabs,
-        description=_describe(
-            paths, splits, tasks, targets, input_names, window, stride, horizon, group_column
-        ),
+        num_features=len(input_names),
+        description=_describe(tables, splits, tasks, targets, input_names, cut, group_column),
+        **stats._asdict(),  # mean, std, target_mean, target_std, label_vocabs
     )
 
 
 def _describe(
-    paths: Mapping[str, str],
+    tables: Mapping[str, _Table],
     splits: Mapping[str, SequenceDataset],
     tasks: Sequence[TaskSpec],
     targets: Mapping[str, Target],
     inputs: Sequence[str],
-    window: int,
-    stride: int,
-    horizon: int,
+    cut: _Windowing,
     group_column: str | None,
 ) -> str:
-    files = ", ".join(f"{s} {paths[s]} ({len(d)} windows)" for s, d in splits.items())
+    window, stride, horizon = cut
+    files = ", ".join(f"{s} {tables[s].path} ({len(d)} windows)" for s, d in splits.items())
     series = (
         "one series per file" if group_column is None else f"series grouped by {group_column!r}"
     )

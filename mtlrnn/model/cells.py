@@ -74,29 +74,47 @@ def _rnn_step(
 
 
 class Cell(NamedTuple):
-    """A recurrent cell: its name, gate count, carry arity and step function."""
+    """A recurrent cell: its name, gate count, carry arity and step function.
+
+    ``step`` is None for the linear cells (minGRU, minLSTM: no ``w_hh``, the state enters
+    linearly); their recurrence is :mod:`mtlrnn.model.mincells`' scan over coefficients.
+    """
 
     name: str
     num_gates: int
     carry_size: int
-    step: StepFn
+    step: StepFn | None
+
+    @property
+    def linear(self) -> bool:
+        """True for minGRU / minLSTM (parallel in time, no recurrent weights)."""
+        return self.step is None
 
     def init_carry(self, batch: int, hidden: int, dtype: jnp.dtype = jnp.float32) -> Carry:
         """Zero carry: a tuple of ``carry_size`` arrays ``[B, H]``."""
         return tuple(jnp.zeros((batch, hidden), dtype) for _ in range(self.carry_size))
 
 
+#: The one registry of cells: every other module asks it (by name) what a cell is.
 CELLS: dict[str, Cell] = {
     "lstm": Cell("lstm", num_gates=4, carry_size=2, step=_lstm_step),
     "gru": Cell("gru", num_gates=3, carry_size=1, step=_gru_step),
     "rnn": Cell("rnn", num_gates=1, carry_size=1, step=_rnn_step),
+    # Feng et al. 2024: minGRU's gates (z, h~), minLSTM's (f, i, h~).
+    "mingru": Cell("mingru", num_gates=2, carry_size=1, step=None),
+    "minlstm": Cell("minlstm", num_gates=3, carry_size=1, step=None),
 }
+#: Cells with a recurrent step (``w_hh``): the fused and autodiff recurrences run these.
+CLASSIC_CELLS: tuple[str, ...] = tuple(n for n, c in CELLS.items() if not c.linear)
+#: Cells linear in the state: :mod:`mtlrnn.model.mincells` runs these.
+LINEAR_CELLS: tuple[str, ...] = tuple(n for n, c in CELLS.items() if c.linear)
 
 
-def get_cell(name: str) -> Cell:
-    """The cell called ``name`` (one of ``lstm``, ``gru``, ``rnn``)."""
-    if name not in CELLS:
-        raise ValueError(f"unknown cell {name!r}; allowed: {', '.join(CELLS)}")
+def get_cell(name: str, *, among: tuple[str, ...] = tuple(CELLS)) -> Cell:
+    """The cell called ``name``; ValueError naming the allowed ones unless it is in ``among``
+    (e.g. :data:`CLASSIC_CELLS` where only cells with a recurrent step fit)."""
+    if name not in among:
+        raise ValueError(f"unknown cell {name!r}; allowed: {', '.join(among)}")
     return CELLS[name]
 
 

@@ -19,83 +19,73 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtlrnn.model.spec import ModelConfig
+from mtlrnn.model.trunk import DTYPES
 from mtlrnn.model.trunk import Trunk
-
-ENCODERS: tuple[str, ...] = ("none", "cnn", "lstm")
 
 
 class CharCNN(nn.Module):
-    """``chars [B, L, C]`` -> ``[B, L, features]`` by convolution and max-pooling.
+    """``chars [B, L, C]`` -> ``[B, L, char_features]`` by convolution and max-pooling.
 
     Attributes:
       vocab_size: number of character ids (0 = padding).
-      embed_dim: character embedding width.
-      features: output width ``F`` (number of filters).
-      kernel_size: convolution width in characters.
+      spec: the model's hyper-parameters: ``char_embed_dim`` (character embedding width),
+        ``char_features`` (filters: the output width), ``char_kernel`` (convolution width in
+        characters) and the dtypes.
     """
 
     vocab_size: int
-    embed_dim: int = 32
-    features: int = 64
-    kernel_size: int = 3
-    param_dtype: jnp.dtype = jnp.float32
-    dtype: jnp.dtype = jnp.float32
+    spec: ModelConfig
 
     @nn.compact
     def __call__(self, chars: chex.Array) -> chex.Array:
+        spec = self.spec
+        dtypes = {"param_dtype": DTYPES[spec.param_dtype], "dtype": DTYPES[spec.compute_dtype]}
         b, length, c = chars.shape
         valid = (chars > 0)[..., None]  # [B, L, C, 1]
-        x = nn.Embed(self.vocab_size, self.embed_dim, param_dtype=self.param_dtype,
-                     dtype=self.dtype)(chars)
-        x = x.reshape(b * length, c, self.embed_dim)
-        x = nn.Conv(self.features, (self.kernel_size,), padding="SAME",
-                    param_dtype=self.param_dtype, dtype=self.dtype)(x)
-        x = jnp.tanh(x).reshape(b, length, c, self.features)
+        x = nn.Embed(self.vocab_size, spec.char_embed_dim, **dtypes)(chars)
+        x = x.reshape(b * length, c, spec.char_embed_dim)
+        x = nn.Conv(spec.char_features, (spec.char_kernel,), padding="SAME", **dtypes)(x)
+        x = jnp.tanh(x).reshape(b, length, c, spec.char_features)
         # tanh is in (-1, 1): -2 marks padded characters so they never win the max.
         pooled = jnp.max(jnp.where(valid, x, -2.0), axis=2)
         return jnp.where(jnp.any(valid, axis=2), pooled, 0.0)
 
 
 class CharLSTM(nn.Module):
-    """``chars [B, L, C]`` -> ``[B, L, 2 * hidden_size]``: a char BiLSTM's final states.
+    """``chars [B, L, C]`` -> ``[B, L, 2 * char_features]``: a char BiLSTM's final states.
 
     Attributes:
       vocab_size: number of character ids (0 = padding).
-      embed_dim: character embedding width.
-      hidden_size: LSTM width per direction.
+      spec: the model's hyper-parameters: ``char_embed_dim`` (character embedding width),
+        ``char_features`` (LSTM width per direction) and the dtypes; the char LSTM is one
+        bidirectional fused layer whatever the word-level trunk is.
     """
 
     vocab_size: int
-    embed_dim: int = 32
-    hidden_size: int = 32
-    param_dtype: jnp.dtype = jnp.float32
-    dtype: jnp.dtype = jnp.float32
+    spec: ModelConfig
 
     @nn.compact
     def __call__(self, chars: chex.Array) -> chex.Array:
+        spec = self.spec
         b, length, c = chars.shape
         flat = chars.reshape(b * length, c)
         char_lengths = jnp.sum(flat > 0, axis=1).astype(jnp.int32)
-        x = nn.Embed(self.vocab_size, self.embed_dim, param_dtype=self.param_dtype,
-                     dtype=self.dtype)(flat)
-        _, last, _ = Trunk(
+        x = nn.Embed(
+            self.vocab_size,
+            spec.char_embed_dim,
+            param_dtype=DTYPES[spec.param_dtype],
+            dtype=DTYPES[spec.compute_dtype],
+        )(flat)
+        trunk = ModelConfig(
             cell="lstm",
-            hidden_size=self.hidden_size,
+            hidden_size=spec.char_features,
             num_layers=1,
             bidirectional=True,
-            param_dtype=self.param_dtype,
-            dtype=self.dtype,
-        )(x, char_lengths)
+            dropout=0.0,
+            param_dtype=spec.param_dtype,
+            compute_dtype=spec.compute_dtype,
+        )
+        _, last, _ = Trunk(trunk)(x, char_lengths)
         last = jnp.where((char_lengths > 0)[:, None], last, 0.0)
-        return last.reshape(b, length, 2 * self.hidden_size)
-
-
-def char_features(encoder: str, embed_dim: int, features: int) -> int:
-    """Width of the word vectors that ``encoder`` produces (0 for ``"none"``)."""
-    if encoder == "cnn":
-        return features
-    if encoder == "lstm":
-        return 2 * features
-    if encoder == "none":
-        return 0
-    raise ValueError(f"char_encoder: must be one of {', '.join(ENCODERS)}; got {encoder!r}")
+        return last.reshape(b, length, 2 * spec.char_features)

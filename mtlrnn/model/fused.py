@@ -42,9 +42,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from mtlrnn.model.cells import CLASSIC_CELLS
 from mtlrnn.model.cells import Carry
-
-FUSED_CELLS = ("lstm", "gru", "rnn")
+from mtlrnn.model.cells import get_cell
 
 
 def _bdot(h: chex.Array, w: chex.Array) -> chex.Array:
@@ -368,8 +368,7 @@ def fused_recurrence(
       ``(ys [L, D, B, H], final carry)``: ``ys`` is zero on masked steps; the final carry
       (same structure as ``carry0``) is the state after the last valid step.
     """
-    if cell not in FUSED_CELLS:
-        raise ValueError(f"fused recurrence: unknown cell {cell!r}; allowed: {FUSED_CELLS}")
+    get_cell(cell, among=CLASSIC_CELLS)  # ValueError naming the allowed cells
     if carry0 is None:
         zeros = jnp.zeros(gx.shape[1:3] + (w_hh.shape[1],), gx.dtype)
         carry0 = (zeros, zeros) if cell == "lstm" else (zeros,)

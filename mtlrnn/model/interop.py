@@ -14,14 +14,13 @@ Pass numpy arrays (anything ``np.asarray`` accepts), e.g.::
     sd = {k: v.detach().cpu().numpy() for k, v in torch_lstm.state_dict().items()}
     params = trunk_params_from_torch(sd, cell="lstm")
     cfg = trunk_config_from_torch(sd, cell="lstm")
-    trunk = Trunk(cell="lstm", hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"],
-                  bidirectional=cfg["bidirectional"])
+    trunk = Trunk(ModelConfig(cell="lstm", dropout=0.0, **cfg))
     outputs, last, finals = trunk.apply({"params": params}, x, lengths)
 
 Not representable, and refused with a ValueError: LSTMs with ``proj_size != 0``
 (``weight_hr_l*`` keys). Not detectable from a state dict, and the caller's responsibility:
 ``nn.RNN(nonlinearity="relu")`` (mtlrnn's ``rnn`` cell is tanh), ``batch_first`` (it does
-not change parameters) and ``dropout`` (a module setting, see ``Trunk.dropout``).
+not change parameters) and ``dropout`` (a module setting, ``ModelConfig.dropout``).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlrnn.model.cells import CLASSIC_CELLS
 from mtlrnn.model.cells import get_cell
 
 _TORCH_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
@@ -67,7 +67,7 @@ def _parse_torch(
     state_dict: Mapping[str, Any], cell: str, prefix: str
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Validate a PyTorch RNN state dict; return ``(config, params)``."""
-    num_gates = get_cell(cell).num_gates
+    num_gates = get_cell(cell, among=CLASSIC_CELLS).num_gates
     selected = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not selected:
         sample = ", ".join(repr(k) for k in list(state_dict)[:4])
@@ -204,7 +204,7 @@ def trunk_params_to_torch(
     Raises:
       ValueError: unknown cell, unexpected or missing layers/parameters, or inconsistent shapes.
     """
-    num_gates = get_cell(cell).num_gates
+    num_gates = get_cell(cell, among=CLASSIC_CELLS).num_gates
     if set(params) == {"params"}:
         params = params["params"]
     unexpected = sorted(k for k in params if not _OUR_LAYER.match(k))

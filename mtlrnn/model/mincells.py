@@ -44,7 +44,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-MIN_CELLS: dict[str, int] = {"mingru": 2, "minlstm": 3}
+from mtlrnn.model.cells import LINEAR_CELLS
+from mtlrnn.model.cells import get_cell
+
 SCANS = ("sequential", "associative")
 
 # Sequence length from which "auto" picks the associative scan on an accelerator. A
@@ -68,9 +70,8 @@ _ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 
 
 def _check_cell(cell: str) -> int:
-    if cell not in MIN_CELLS:
-        raise ValueError(f"unknown min cell {cell!r}; allowed: {', '.join(MIN_CELLS)}")
-    return MIN_CELLS[cell]
+    """Gate count of the linear cell ``cell``; ValueError naming the linear cells otherwise."""
+    return get_cell(cell, among=LINEAR_CELLS).num_gates
 
 
 def _accum_dtype(dtype: jnp.dtype) -> jnp.dtype:

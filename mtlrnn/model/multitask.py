@@ -12,6 +12,8 @@ from mtlrnn.model.dropout import TimeDropout
 from mtlrnn.model.dropout import time_bernoulli
 from mtlrnn.model.heads import StackedHeads
 from mtlrnn.model.heads import group_tasks
+from mtlrnn.model.spec import ModelConfig
+from mtlrnn.model.trunk import DTYPES
 from mtlrnn.model.trunk import Trunk
 from mtlrnn.tasks import TaskSpec
 
@@ -26,98 +28,52 @@ class MultiTaskRNN(nn.Module):
 
     Attributes:
       tasks: the task specs; the order defines the ``[K]`` axis.
+      spec: the hyper-parameters (:class:`~mtlrnn.model.spec.ModelConfig`, the config's
+        ``model:`` section): ``embed_dim``; the trunk's (:class:`Trunk`); ``dropout``
+        between trunk layers and on the trunk output; ``embed_dropout`` on the embeddings;
+        ``word_dropout``, in training the probability that a word id is replaced by
+        ``unk_id`` (so the model learns to tag unknown words from context and characters);
+        ``char_encoder`` (``none``, ``cnn``: :class:`CharCNN`, ``lstm``: :class:`CharLSTM`)
+        and its sizes; the dtypes. Every dropout mask is drawn step by step
+        (:mod:`mtlrnn.model.dropout`): padding a batch to a longer ``L`` changes no draw on
+        its valid steps.
       vocab_size: number of token ids (ignored for feature inputs).
       num_features: ``F`` for real-valued inputs; 0 for token ids.
-      embed_dim: ``E``.
-      cell, hidden_size, num_layers, bidirectional, impl, scan, unroll, remat, remat_chunk:
-        see :class:`Trunk`.
-      dropout: dropout between trunk layers and on the trunk output.
-      embed_dropout: dropout on the embeddings.
-      word_dropout: training only: the probability that a word id is replaced by ``unk_id``,
-        so the model learns to tag unknown words from context and characters.
-        Every dropout mask is drawn step by step (:mod:`mtlrnn.model.dropout`): padding a batch to
-        a longer ``L`` changes no draw on its valid steps.
       unk_id: the unknown-word id used by ``word_dropout``.
-      char_encoder: ``"none"``, ``"cnn"`` (:class:`CharCNN`) or ``"lstm"`` (:class:`CharLSTM`).
-      char_vocab_size, char_embed_dim, char_features, char_kernel: its sizes (``char_features``
-        is the CNN's filter count or the char LSTM's width per direction).
-      param_dtype, dtype: parameter storage and compute dtypes.
+      char_vocab_size: number of character ids (with a character encoder).
+
+    The data decides ``tasks``, ``vocab_size``, ``num_features``, ``unk_id`` and
+    ``char_vocab_size``; everything else is in ``spec``.
     """
 
     tasks: tuple[TaskSpec, ...]
+    spec: ModelConfig = ModelConfig()
     vocab_size: int = 0
     num_features: int = 0
-    embed_dim: int = 64
-    cell: str = "lstm"
-    hidden_size: int = 128
-    num_layers: int = 1
-    bidirectional: bool = True
-    dropout: float = 0.0
-    embed_dropout: float = 0.0
-    word_dropout: float = 0.0
     unk_id: int = 1
-    char_encoder: str = "none"
     char_vocab_size: int = 0
-    char_embed_dim: int = 32
-    char_features: int = 64
-    char_kernel: int = 3
-    impl: str = "fused"
-    scan: str = "auto"
-    unroll: int = 0
-    remat: bool = False
-    remat_chunk: int = 0
-    param_dtype: jnp.dtype = jnp.float32
-    dtype: jnp.dtype = jnp.float32
 
     def setup(self) -> None:
+        spec = self.spec
+        dtypes = {"param_dtype": DTYPES[spec.param_dtype], "dtype": DTYPES[spec.compute_dtype]}
         if self.num_features > 0:
-            self.embed = nn.Dense(self.embed_dim, param_dtype=self.param_dtype, dtype=self.dtype)
+            self.embed = nn.Dense(spec.embed_dim, **dtypes)
         else:
-            self.embed = nn.Embed(
-                self.vocab_size, self.embed_dim, param_dtype=self.param_dtype, dtype=self.dtype
-            )
-        if self.char_encoder == "cnn":
-            self.chars = CharCNN(
-                self.char_vocab_size,
-                self.char_embed_dim,
-                self.char_features,
-                self.char_kernel,
-                param_dtype=self.param_dtype,
-                dtype=self.dtype,
-            )
-        elif self.char_encoder == "lstm":
-            self.chars = CharLSTM(
-                self.char_vocab_size,
-                self.char_embed_dim,
-                self.char_features,
-                param_dtype=self.param_dtype,
-                dtype=self.dtype,
-            )
-        elif self.char_encoder != "none":
+            self.embed = nn.Embed(self.vocab_size, spec.embed_dim, **dtypes)
+        encoders = {"cnn": CharCNN, "lstm": CharLSTM}
+        if spec.char_encoder in encoders:
+            self.chars = encoders[spec.char_encoder](self.char_vocab_size, spec)
+        elif spec.char_encoder != "none":
             raise ValueError(
-                f"char_encoder: must be one of none, cnn, lstm; got {self.char_encoder!r}"
+                f"char_encoder: must be one of none, cnn, lstm; got {spec.char_encoder!r}"
             )
-        self.trunk = Trunk(
-            cell=self.cell,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            bidirectional=self.bidirectional,
-            dropout=self.dropout,
-            impl=self.impl,
-            scan=self.scan,
-            unroll=self.unroll,
-            remat=self.remat,
-            remat_chunk=self.remat_chunk,
-            param_dtype=self.param_dtype,
-            dtype=self.dtype,
-        )
+        self.trunk = Trunk(spec)
         self.heads = {
-            g.name: StackedHeads(g, param_dtype=self.param_dtype, dtype=self.dtype, name=g.name)
-            for g in group_tasks(self.tasks)
+            g.name: StackedHeads(g, name=g.name, **dtypes) for g in group_tasks(self.tasks)
         }
         # Masks drawn step by step: padding a batch to a longer bucket changes no draw.
-        self.embed_drop = TimeDropout(self.embed_dropout)
-        self.out_drop = TimeDropout(self.dropout)
+        self.embed_drop = TimeDropout(spec.embed_dropout)
+        self.out_drop = TimeDropout(spec.dropout)
 
     def embed_inputs(
         self,
@@ -128,16 +84,17 @@ class MultiTaskRNN(nn.Module):
         row_offset: chex.Numeric = 0,
     ) -> chex.Array:
         """Input vectors ``[B, L, E (+ char features)]``."""
-        if train and self.word_dropout > 0 and self.num_features == 0:
+        spec = self.spec
+        if train and spec.word_dropout > 0 and self.num_features == 0:
             drop = time_bernoulli(
-                self.make_rng("dropout"), self.word_dropout, inputs.shape, row_offset
+                self.make_rng("dropout"), spec.word_dropout, inputs.shape, row_offset
             )
             inputs = jnp.where(drop & (inputs > self.unk_id), self.unk_id, inputs)
         x = self.embed(inputs)
-        if self.char_encoder != "none":
+        if spec.char_encoder != "none":
             if chars is None:
                 raise ValueError(
-                    f"char_encoder={self.char_encoder!r} needs character ids: the batch has no "
+                    f"char_encoder={spec.char_encoder!r} needs character ids: the batch has no "
                     "'chars' (the data source must provide them)"
                 )
             x = jnp.concatenate([x, self.chars(chars).astype(x.dtype)], axis=-1)

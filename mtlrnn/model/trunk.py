@@ -29,26 +29,30 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtlrnn.model.cells import CELLS
+from mtlrnn.model.cells import CLASSIC_CELLS
 from mtlrnn.model.cells import Carry
 from mtlrnn.model.cells import get_cell
 from mtlrnn.model.dropout import TimeDropout
 from mtlrnn.model.fused import fused_recurrence
-from mtlrnn.model.mincells import MIN_CELLS
 from mtlrnn.model.mincells import choose_scan
 from mtlrnn.model.mincells import coefficients
 from mtlrnn.model.mincells import linear_scan
+from mtlrnn.model.spec import ModelConfig
 
-DTYPES: dict[str, jnp.dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CELL_NAMES = (*CELLS, *MIN_CELLS)
+#: The config's dtype names (float64 for tests that run with jax_enable_x64).
+DTYPES: dict[str, jnp.dtype] = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float64": jnp.float64,
+}
 IMPLS = ("fused", "autodiff")
-SCANS = ("auto", "sequential", "associative")
 
 
 def _torch_uniform(scale: float) -> nn.initializers.Initializer:
@@ -74,15 +78,6 @@ def default_unroll(platform: str) -> int:
     return 1 if platform == "cpu" else 4
 
 
-def cell_gates(cell: str) -> int:
-    """Gate blocks ``G`` of ``cell``: ``w_ih`` has ``G * H`` columns."""
-    if cell in MIN_CELLS:
-        return MIN_CELLS[cell]
-    if cell in CELLS:
-        return CELLS[cell].num_gates
-    raise ValueError(f"unknown cell {cell!r}; allowed: {', '.join(CELL_NAMES)}")
-
-
 def _autodiff_recurrence(
     cell: str,
     gx: chex.Array,
@@ -97,7 +92,7 @@ def _autodiff_recurrence(
 
     Same contract as :func:`mtlrnn.model.fused.fused_recurrence` (time-major, direction axis ``D``).
     """
-    step = get_cell(cell).step
+    step = get_cell(cell, among=CLASSIC_CELLS).step
     b_hh = b_hh[:, None, :]
 
     def body(carry: Carry, inputs: tuple[chex.Array, chex.Array]) -> tuple[Carry, chex.Array]:
@@ -135,113 +130,128 @@ def _min_recurrence(
     return ys, (final.reshape(dirs, batch, -1).astype(gx.dtype),)
 
 
+def _zero_carry(cell: str, dirs: int, batch: int, hidden: int, dtype: jnp.dtype) -> Carry:
+    zeros = jnp.zeros((dirs, batch, hidden), dtype)
+    return (zeros,) * get_cell(cell).carry_size
+
+
+def _time_major(x: chex.Array, dirs: int) -> chex.Array:
+    """``[B, L, ...] -> [L, D, B, ...]``, the backward slot (if any) reversed in time."""
+    xt = jnp.swapaxes(x, 0, 1)
+    return jnp.stack([xt, xt[::-1]], axis=1) if dirs == 2 else xt[:, None]
+
+
+def _stacked(params: list[dict[str, chex.Array]], name: str) -> chex.Array:
+    return jnp.stack([p[name] for p in params])
+
+
 def recurrent_layer(
-    cell: str,
+    spec: ModelConfig,
     params: list[dict[str, chex.Array]],
     x: chex.Array,
     mask: chex.Array,
-    *,
-    impl: str = "fused",
-    scan: str = "auto",
-    unroll: int = 0,
-    remat: bool = False,
-    remat_chunk: int = 0,
 ) -> tuple[chex.Array, list[Carry]]:
     """One layer, all its directions in one scan.
 
     Args:
-      cell: ``lstm``, ``gru``, ``rnn`` (classic) or ``mingru``, ``minlstm`` (linear).
+      spec: the recurrence's choices: ``cell``, ``impl`` (classic cells: ``fused``,
+        :mod:`mtlrnn.model.fused`'s hand-written backward, or ``autodiff``, a plain
+        ``lax.scan`` differentiated by JAX: the reference), ``scan`` (linear cells: auto,
+        sequential or associative), ``unroll`` (0 = :func:`default_unroll`), ``remat``
+        (recompute the layer chunk by chunk in the backward pass, keeping only the carry at
+        chunk boundaries: memory ~ L/chunk + chunk steps instead of L) and ``remat_chunk``
+        (0 = ceil(sqrt(L))). Its sizes are read from ``params``.
       params: one dict per direction (forward first): ``w_ih [I, G*H]``, ``b_ih [G*H]`` and,
         for classic cells, ``w_hh [H, G*H]``, ``b_hh [G*H]``; already in the compute dtype.
       x: ``[B, L, I]`` inputs.
       mask: ``[B, L]`` bool, True on valid steps.
-      impl: classic cells: ``fused`` (:mod:`mtlrnn.model.fused`, hand-written backward) or
-        ``autodiff`` (plain ``lax.scan`` differentiated by JAX, the reference).
-      scan: linear cells: ``auto``, ``sequential`` or ``associative``.
-      unroll: ``lax.scan`` unroll factor; 0 = :func:`default_unroll` for this platform.
-      remat: recompute the layer chunk by chunk in the backward pass, keeping only the
-        carry at chunk boundaries (memory ~ L/chunk + chunk steps instead of L).
-      remat_chunk: steps per chunk; 0 = ceil(sqrt(L)).
     Returns:
       ``(y [B, L, D*H], finals)``: ``y`` is zero on padded steps, directions concatenated
       (forward first); ``finals[d]`` is direction ``d``'s carry after its last valid step.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl: must be one of {', '.join(IMPLS)}; got {impl!r}")
+    if spec.impl not in IMPLS:
+        raise ValueError(f"impl: must be one of {', '.join(IMPLS)}; got {spec.impl!r}")
+    cell = get_cell(spec.cell)
     dirs = len(params)
-    batch, length, _ = x.shape
-    hidden = params[0]["w_ih"].shape[1] // cell_gates(cell)
-    unroll = unroll or default_unroll(jax.default_backend())
     # Zero padded inputs first: a masked step's cotangent is 0, and 0 * NaN would still
     # poison the weight gradient if padding held NaN (e.g. padded time series).
     x = jnp.where(mask[:, :, None], x, jnp.zeros_like(x))
     # Time-major, one slot per direction; the backward direction reads time reversed, so
     # right padding comes first for it and its carry stays at the initial zeros until its
     # first valid step (no per-row flipping).
-    mt = jnp.swapaxes(mask, 0, 1)
-    mt = jnp.stack([mt, mt[::-1]], axis=1) if dirs == 2 else mt[:, None]
-    w_ih = jnp.stack([p["w_ih"] for p in params])
-    b_ih = jnp.stack([p["b_ih"] for p in params])
-    classic = cell not in MIN_CELLS
-    if classic:
-        w_hh = jnp.stack([p["w_hh"] for p in params])
-        b_hh = jnp.stack([p["b_hh"] for p in params])
+    mt = _time_major(mask, dirs)
+    w_ih, b_ih = _stacked(params, "w_ih"), _stacked(params, "b_ih")
+    w_hh = None if cell.linear else _stacked(params, "w_hh")
+    b_hh = None if cell.linear else _stacked(params, "b_hh")
+    unroll = spec.unroll or default_unroll(jax.default_backend())
 
     def recurrence(
         gx: chex.Array, mc: chex.Array, carry: Carry | None
     ) -> tuple[chex.Array, Carry]:
-        if not classic:
-            return _min_recurrence(cell, gx, mc, carry, scan, unroll)
+        if cell.linear:
+            return _min_recurrence(cell.name, gx, mc, carry, spec.scan, unroll)
         if carry is None:
-            zeros = jnp.zeros((dirs, batch, hidden), gx.dtype)
-            carry = (zeros, zeros) if cell == "lstm" else (zeros,)
-        if impl == "fused":
-            return fused_recurrence(cell, gx, w_hh, b_hh, mc, carry0=carry, unroll=unroll)
-        return _autodiff_recurrence(cell, gx, w_hh, b_hh, mc, carry, unroll)
+            carry = _zero_carry(cell.name, dirs, gx.shape[2], w_hh.shape[1], gx.dtype)
+        if spec.impl == "fused":
+            return fused_recurrence(cell.name, gx, w_hh, b_hh, mc, carry0=carry, unroll=unroll)
+        return _autodiff_recurrence(cell.name, gx, w_hh, b_hh, mc, carry, unroll)
 
-    def project(xc: chex.Array) -> chex.Array:
-        """``[c, D, B, I] -> [c, D, B, G*H]``: every step's input projection."""
-        return jnp.einsum("ldbi,dig->ldbg", xc, w_ih) + b_ih[None, :, None, :]
-
-    if remat:
-        zeros = jnp.zeros((dirs, batch, hidden), x.dtype)
-        carry0 = (zeros, zeros) if cell == "lstm" else (zeros,)
-        chunk = remat_chunk or max(1, math.ceil(math.sqrt(length)))
-        chunks = -(-length // chunk)
-        pad = chunks * chunk - length
-        xt = jnp.swapaxes(x, 0, 1)
-        xt = jnp.stack([xt, xt[::-1]], axis=1) if dirs == 2 else xt[:, None]
-        if pad:  # padded steps are masked: the carry passes through, outputs are zero
-            xt = jnp.pad(xt, ((0, pad), (0, 0), (0, 0), (0, 0)))
-            mt = jnp.pad(mt, ((0, pad), (0, 0), (0, 0)))
-        xt = xt.reshape(chunks, chunk, *xt.shape[1:])
-        mt = mt.reshape(chunks, chunk, *mt.shape[1:])
-
-        @functools.partial(jax.checkpoint, prevent_cse=False)
-        def body(carry: Carry, inputs: tuple[chex.Array, chex.Array]) -> tuple[Carry, chex.Array]:
-            # The chunk's input projection is recomputed in the backward pass too.
-            xc, mc = inputs
-            ys, carry = recurrence(project(xc), mc, carry)
-            return carry, ys
-
-        final, ys = jax.lax.scan(body, carry0, (xt, mt))
-        ys = ys.reshape(chunks * chunk, *ys.shape[2:])[:length]
+    if spec.remat:
+        hidden = w_ih.shape[-1] // cell.num_gates
+        carry0 = _zero_carry(cell.name, dirs, x.shape[0], hidden, x.dtype)
+        ys, final = _rematerialised(recurrence, w_ih, b_ih, x, mt, carry0, spec.remat_chunk)
     else:
-        # One [L*B, I] x [I, D*G*H] matmul projects every step of both directions; the
-        # backward direction's half is then reversed in time.
-        xt = jnp.swapaxes(x, 0, 1).reshape(length * batch, -1)
-        width = w_ih.shape[-1]
-        gx = xt @ jnp.concatenate(list(w_ih), axis=-1) + b_ih.reshape(-1)
-        gx = gx.reshape(length, batch, dirs * width)
-        if dirs == 2:
-            gx = jnp.stack([gx[..., :width], gx[::-1, :, width:]], axis=1)
-        else:
-            gx = gx[:, None]
-        ys, final = recurrence(gx, mt, None)
+        ys, final = recurrence(_projected(x, w_ih, b_ih), mt, None)
     outs = [ys[:, 0]] if dirs == 1 else [ys[:, 0], ys[::-1, 1]]
     y = jnp.swapaxes(jnp.concatenate(outs, axis=-1), 0, 1)
     finals = [tuple(c[d] for c in final) for d in range(dirs)]
     return y, finals
+
+
+def _projected(x: chex.Array, w_ih: chex.Array, b_ih: chex.Array) -> chex.Array:
+    """``[B, L, I] -> gx [L, D, B, G*H]``: one ``[L*B, I] x [I, D*G*H]`` matmul projects
+    every step of both directions; the backward direction's half is then reversed in time."""
+    batch, length, _ = x.shape
+    dirs, width = w_ih.shape[0], w_ih.shape[-1]
+    xt = jnp.swapaxes(x, 0, 1).reshape(length * batch, -1)
+    gx = xt @ jnp.concatenate(list(w_ih), axis=-1) + b_ih.reshape(-1)
+    gx = gx.reshape(length, batch, dirs * width)
+    if dirs == 2:
+        return jnp.stack([gx[..., :width], gx[::-1, :, width:]], axis=1)
+    return gx[:, None]
+
+
+def _rematerialised(
+    recurrence: Callable[[chex.Array, chex.Array, Carry | None], tuple[chex.Array, Carry]],
+    w_ih: chex.Array,
+    b_ih: chex.Array,
+    x: chex.Array,
+    mt: chex.Array,
+    carry0: Carry,
+    remat_chunk: int,
+) -> tuple[chex.Array, Carry]:
+    """The layer as an outer scan over chunks of time under ``jax.checkpoint``: the backward
+    pass keeps each chunk's input carry and recomputes the chunk, input projection included."""
+    dirs, length = w_ih.shape[0], x.shape[1]
+    chunk = remat_chunk or max(1, math.ceil(math.sqrt(length)))
+    chunks = -(-length // chunk)
+    pad = chunks * chunk - length
+    xt = _time_major(x, dirs)
+    if pad:  # padded steps are masked: the carry passes through, outputs are zero
+        xt = jnp.pad(xt, ((0, pad), (0, 0), (0, 0), (0, 0)))
+        mt = jnp.pad(mt, ((0, pad), (0, 0), (0, 0)))
+    xt = xt.reshape(chunks, chunk, *xt.shape[1:])
+    mt = mt.reshape(chunks, chunk, *mt.shape[1:])
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def body(carry: Carry, inputs: tuple[chex.Array, chex.Array]) -> tuple[Carry, chex.Array]:
+        xc, mc = inputs
+        gx = jnp.einsum("ldbi,dig->ldbg", xc, w_ih) + b_ih[None, :, None, :]
+        ys, carry = recurrence(gx, mc, carry)
+        return carry, ys
+
+    final, ys = jax.lax.scan(body, carry0, (xt, mt))
+    return ys.reshape(chunks * chunk, *ys.shape[2:])[:length], final
 
 
 class DirectionParams(nn.Module):
@@ -255,13 +265,14 @@ class DirectionParams(nn.Module):
     def __call__(self, input_size: int) -> dict[str, chex.Array]:
         """``{"w_ih": [I, G*H], "b_ih": [G*H]}`` plus ``w_hh [H, G*H]``, ``b_hh [G*H]`` for
         the classic cells."""
-        width = cell_gates(self.cell) * self.hidden_size
+        cell = get_cell(self.cell)
+        width = cell.num_gates * self.hidden_size
         init = _torch_uniform(self.hidden_size**-0.5)
         shapes = {"w_ih": (input_size, width)}
-        if self.cell not in MIN_CELLS:
+        if not cell.linear:
             shapes["w_hh"] = (self.hidden_size, width)
         shapes["b_ih"] = (width,)
-        if self.cell not in MIN_CELLS:
+        if not cell.linear:
             shapes["b_hh"] = (width,)
         return {
             name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
@@ -271,45 +282,26 @@ class DirectionParams(nn.Module):
 class Trunk(nn.Module):
     """Stacked recurrent layers with optional bidirectionality and dropout between layers.
 
-    Parameters live under ``layer_{l}/fwd`` and ``layer_{l}/bwd``.
+    Parameters live under ``layer_{l}_fwd`` and ``layer_{l}_bwd``.
 
     Attributes:
-      cell: ``lstm``, ``gru``, ``rnn`` (classic) or ``mingru``, ``minlstm`` (linear in the
-        state, parallel in time: :mod:`mtlrnn.model.mincells`).
-      hidden_size: ``H`` per direction.
-      num_layers: stacked layers.
-      bidirectional: add a backward direction per layer; outputs are ``[fwd, bwd]``
-        concatenated, so the output width is ``2H``.
-      dropout: dropout rate on each layer's output except the last (as in PyTorch); the
-        mask is drawn step by step (:class:`mtlrnn.model.dropout.TimeDropout`), so padding in time
-        changes no draw on valid steps.
-      impl: classic cells: ``fused`` (custom VJP, :mod:`mtlrnn.model.fused`) or ``autodiff``
-        (plain scan, the reference).
-      scan: linear cells: ``auto`` (by platform and length), ``sequential``, ``associative``.
-      unroll: ``lax.scan`` unroll factor; 0 = per platform (:func:`default_unroll`).
-      remat: recompute each layer chunk by chunk in the backward pass (less memory).
-      remat_chunk: steps per remat chunk; 0 = ceil(sqrt(L)).
-      param_dtype: storage dtype of the parameters.
-      dtype: compute dtype.
+      spec: the model's hyper-parameters (:class:`~mtlrnn.model.spec.ModelConfig`); the trunk
+        reads ``cell`` (classic ``lstm``, ``gru``, ``rnn`` or the linear ``mingru``,
+        ``minlstm``: :mod:`mtlrnn.model.mincells`), ``hidden_size`` (``H`` per direction),
+        ``num_layers``, ``bidirectional`` (outputs ``[fwd, bwd]`` concatenated: width
+        ``2H``), ``dropout`` (on each layer's output except the last, as in PyTorch; drawn
+        step by step, :class:`mtlrnn.model.dropout.TimeDropout`, so padding in time changes
+        no draw on valid steps), the recurrence's ``impl``, ``scan``, ``unroll``, ``remat``
+        and ``remat_chunk`` (:func:`recurrent_layer`) and the ``param_dtype`` /
+        ``compute_dtype`` names.
     """
 
-    cell: str = "lstm"
-    hidden_size: int = 128
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
-    impl: str = "fused"
-    scan: str = "auto"
-    unroll: int = 0
-    remat: bool = False
-    remat_chunk: int = 0
-    param_dtype: jnp.dtype = jnp.float32
-    dtype: jnp.dtype = jnp.float32
+    spec: ModelConfig
 
     @property
     def output_size(self) -> int:
         """Width of the trunk output: ``H`` or ``2H`` when bidirectional."""
-        return self.hidden_size * (2 if self.bidirectional else 1)
+        return self.spec.hidden_size * (2 if self.spec.bidirectional else 1)
 
     @nn.compact
     def __call__(
@@ -332,39 +324,28 @@ class Trunk(nn.Module):
           final hidden state per direction, i.e. the last valid state) and the final carries
           per layer, ``[{"fwd": carry, "bwd": carry}, ...]``. ``D`` is ``output_size``.
         """
+        spec = self.spec
+        dtype = DTYPES[spec.compute_dtype]
         mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
         finals: list[dict[str, Carry]] = []
-        directions = ("fwd", "bwd") if self.bidirectional else ("fwd",)
-        for layer in range(self.num_layers):
-            if layer > 0 and self.dropout > 0:
-                x = TimeDropout(self.dropout)(
-                    x, deterministic=not train, row_offset=row_offset
-                )
+        directions = ("fwd", "bwd") if spec.bidirectional else ("fwd",)
+        for layer in range(spec.num_layers):
+            if layer > 0 and spec.dropout > 0:
+                x = TimeDropout(spec.dropout)(x, deterministic=not train, row_offset=row_offset)
                 x = jnp.where(mask[:, :, None], x, 0)
             params = [
                 jax.tree.map(
-                    lambda p: p.astype(self.dtype),
+                    lambda p: p.astype(dtype),
                     DirectionParams(
-                        self.cell,
-                        self.hidden_size,
-                        self.param_dtype,
+                        spec.cell,
+                        spec.hidden_size,
+                        DTYPES[spec.param_dtype],
                         name=f"layer_{layer}_{direction}",
                     )(x.shape[-1]),
                 )
                 for direction in directions
             ]
-            x, layer_finals = recurrent_layer(
-                self.cell,
-                params,
-                x.astype(self.dtype),
-                mask,
-                impl=self.impl,
-                scan=self.scan,
-                unroll=self.unroll,
-                remat=self.remat,
-                remat_chunk=self.remat_chunk,
-            )
-            carries = dict(zip(directions, layer_finals, strict=True))
-            finals.append(carries)
+            x, layer_finals = recurrent_layer(spec, params, x.astype(dtype), mask)
+            finals.append(dict(zip(directions, layer_finals, strict=True)))
         last = jnp.concatenate([finals[-1][d][0] for d in directions], axis=-1)
         return x, last, finals

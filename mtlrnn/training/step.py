@@ -22,7 +22,7 @@ import optax
 
 from mtlrnn.model.heads import group_tasks
 from mtlrnn.model.multitask import MultiTaskRNN
-from mtlrnn.model.trunk import DTYPES
+from mtlrnn.model.spec import ModelConfig
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.training.gradients import MODES
 from mtlrnn.training.gradients import effective_weights
@@ -61,38 +61,20 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def build_model(
-    model_cfg: Any,
+    model_cfg: ModelConfig,
     tasks: tuple[TaskSpec, ...],
     *,
     vocab_size: int,
     num_features: int = 0,
     char_vocab_size: int = 0,
 ) -> MultiTaskRNN:
-    """A :class:`MultiTaskRNN` from a ``ModelConfig`` (any object with its fields)."""
+    """A :class:`MultiTaskRNN` of the hyper-parameters ``model_cfg`` sized for the data."""
     return MultiTaskRNN(
         tasks=tasks,
+        spec=model_cfg,
         vocab_size=vocab_size,
         num_features=num_features,
-        embed_dim=model_cfg.embed_dim,
-        word_dropout=model_cfg.word_dropout,
-        char_encoder=model_cfg.char_encoder,
         char_vocab_size=char_vocab_size,
-        char_embed_dim=model_cfg.char_embed_dim,
-        char_features=model_cfg.char_features,
-        char_kernel=model_cfg.char_kernel,
-        cell=model_cfg.cell,
-        hidden_size=model_cfg.hidden_size,
-        num_layers=model_cfg.num_layers,
-        bidirectional=model_cfg.bidirectional,
-        dropout=model_cfg.dropout,
-        embed_dropout=model_cfg.embed_dropout,
-        impl=model_cfg.impl,
-        scan=model_cfg.scan,
-        unroll=model_cfg.unroll,
-        remat=model_cfg.remat,
-        remat_chunk=model_cfg.remat_chunk,
-        param_dtype=DTYPES[model_cfg.param_dtype],
-        dtype=DTYPES[model_cfg.compute_dtype],
     )
 
 
