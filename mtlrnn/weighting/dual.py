@@ -30,6 +30,7 @@ with the condition number (measured: about 2e-4 on UPGrad's shifts for ``K = 40,
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import chex
@@ -331,6 +332,44 @@ class NashMTLState(NamedTuple):
 _NASH_SCALES = ("raw", "frobenius")
 
 
+def _nash_mtl_init(num_tasks: int) -> NashMTLState:
+    """Nash-MTL's ``init``: ``alpha = 1`` (replaced at the first call), step 0."""
+    check_num_tasks(num_tasks)
+    return NashMTLState(jnp.ones((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def _nash_mtl_weighting(
+    state: NashMTLState,
+    losses: chex.Array,
+    gram: chex.Array,
+    key: chex.PRNGKey | None = None,
+    *,
+    every: int,
+    max_norm: float,
+    scale: str,
+    max_iter: int,
+    tol: float,
+) -> tuple[chex.Array, NashMTLState, Info]:
+    """Nash-MTL's Gramian weighting: solve ``G alpha = 1 / alpha`` every ``every`` calls
+    (reuse ``state.alpha`` in between), then clip the direction to ``max_norm``."""
+    del losses, key
+    k = gram.shape[0]
+
+    def solve(_: None) -> chex.Array:
+        frob = jnp.linalg.norm(gram)
+        safe = jnp.maximum(frob, _TINY)
+        scaled = gram / safe + _POWER_REG * jnp.eye(k, dtype=gram.dtype)
+        alpha = _solve_power_system(scaled, 1.0, max_iter=max_iter, tol=tol)
+        if scale == "raw":
+            alpha = alpha / jnp.sqrt(safe)  # G alpha = 1 / alpha on the raw scale
+        return jnp.where(frob > _TINY, alpha, 1.0).astype(state.alpha.dtype)
+
+    alpha = jax.lax.cond(state.step % every == 0, solve, lambda _: state.alpha, None)
+    weights, norm = _clip_weights(alpha.astype(gram.dtype), gram, max_norm)
+    new_state = NashMTLState(alpha, state.step + 1)
+    return weights, new_state, {"weights": weights, "direction_norm": norm}
+
+
 def nash_mtl(
     *,
     update_weights_every: int = 1,
@@ -383,34 +422,10 @@ def nash_mtl(
     check_int("max_iter", max_iter, low=1)
     check_number("tol", tol, low=0.0, low_open=True)
 
-    def init(num_tasks: int) -> NashMTLState:
-        check_num_tasks(num_tasks)
-        return NashMTLState(jnp.ones((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32))
-
-    def weighting(
-        state: NashMTLState,
-        losses: chex.Array,
-        gram: chex.Array,
-        key: chex.PRNGKey | None = None,
-    ) -> tuple[chex.Array, NashMTLState, Info]:
-        del losses, key
-        k = gram.shape[0]
-
-        def solve(_: None) -> chex.Array:
-            frob = jnp.linalg.norm(gram)
-            safe = jnp.maximum(frob, _TINY)
-            scaled = gram / safe + _POWER_REG * jnp.eye(k, dtype=gram.dtype)
-            alpha = _solve_power_system(scaled, 1.0, max_iter=max_iter, tol=tol)
-            if scale == "raw":
-                alpha = alpha / jnp.sqrt(safe)  # G alpha = 1 / alpha on the raw scale
-            return jnp.where(frob > _TINY, alpha, 1.0).astype(state.alpha.dtype)
-
-        alpha = jax.lax.cond(state.step % every == 0, solve, lambda _: state.alpha, None)
-        weights, norm = _clip_weights(alpha.astype(gram.dtype), gram, max_norm)
-        new_state = NashMTLState(alpha, state.step + 1)
-        return weights, new_state, {"weights": weights, "direction_norm": norm}
-
-    return gram_strategy("nash_mtl", init, weighting)
+    weighting = partial(
+        _nash_mtl_weighting, every=every, max_norm=max_norm, scale=scale, max_iter=max_iter, tol=tol
+    )
+    return gram_strategy("nash_mtl", _nash_mtl_init, weighting)
 
 
 def fairgrad(
@@ -479,6 +494,39 @@ class MoCoState(NamedTuple):
     step: chex.Array  # [] int32: calls so far
 
 
+def _moco_combine(
+    state: MoCoState,
+    losses: chex.Array,
+    grads: chex.Array,
+    key: chex.PRNGKey | None = None,
+    *,
+    beta: float,
+    beta_sigma: float,
+    gamma: float,
+    gamma_sigma: float,
+    rho: float,
+    normalize: str,
+) -> tuple[chex.Array, MoCoState, Info]:
+    """MoCo's step on ``grads: [K, D]``: track the gradients, take a projected gradient step
+    on ``lambda`` and return ``lambda @ Y: [D]`` in ``grads``' dtype."""
+    del key
+    step = state.step + 1
+    t = step.astype(jnp.float32)
+    g = grads.astype(state.tracked.dtype)
+    if normalize == "l2_times_loss":
+        norms = jnp.linalg.norm(g, axis=1, keepdims=True)
+        g = g / (norms + 1e-8) * losses.astype(g.dtype)[:, None]
+    tracked = state.tracked - (beta / t**beta_sigma) * (state.tracked - g)
+    k = tracked.shape[0]
+    yy = gramian(tracked) + rho * jnp.eye(k, dtype=tracked.dtype)
+    step_point = state.lambd - (gamma / t**gamma_sigma) * (yy @ state.lambd)
+    # The projection is shift-invariant; shifting by the max keeps solvers.project_simplex
+    # exact when the step is huge (its support count rounds to zero for entries ~1e8).
+    lambd = project_simplex(step_point - jnp.max(step_point))
+    direction = combine_rows(lambd, tracked).astype(grads.dtype)
+    return direction, MoCoState(tracked, lambd, step), {"weights": lambd}
+
+
 def moco(
     *,
     beta: float = 0.5,
@@ -526,26 +574,15 @@ def moco(
             jnp.zeros((), jnp.int32),
         )
 
-    def matrix_combine(
-        state: MoCoState, losses: chex.Array, grads: chex.Array, key: chex.PRNGKey | None = None
-    ) -> tuple[chex.Array, MoCoState, Info]:
-        del key
-        step = state.step + 1
-        t = step.astype(jnp.float32)
-        g = grads.astype(state.tracked.dtype)
-        if normalize == "l2_times_loss":
-            norms = jnp.linalg.norm(g, axis=1, keepdims=True)
-            g = g / (norms + 1e-8) * losses.astype(g.dtype)[:, None]
-        tracked = state.tracked - (beta / t**beta_sigma) * (state.tracked - g)
-        k = tracked.shape[0]
-        yy = gramian(tracked) + rho * jnp.eye(k, dtype=tracked.dtype)
-        step_point = state.lambd - (gamma / t**gamma_sigma) * (yy @ state.lambd)
-        # The projection is shift-invariant; shifting by the max keeps solvers.project_simplex
-        # exact when the step is huge (its support count rounds to zero for entries ~1e8).
-        lambd = project_simplex(step_point - jnp.max(step_point))
-        direction = combine_rows(lambd, tracked).astype(grads.dtype)
-        return direction, MoCoState(tracked, lambd, step), {"weights": lambd}
-
+    matrix_combine = partial(
+        _moco_combine,
+        beta=beta,
+        beta_sigma=beta_sigma,
+        gamma=gamma,
+        gamma_sigma=gamma_sigma,
+        rho=rho,
+        normalize=normalize,
+    )
     return gradient_strategy("moco", init, matrix_combine, needs_dim=True)
 
 
@@ -561,6 +598,34 @@ class ExcessMTLState(NamedTuple):
     sq_grad_sum: chex.Array  # [K, D] float32: sum over steps of squared per-task gradients
     excess_sum: chex.Array  # [K] float32: sum of the excess-risk estimates of warm-up steps
     step: chex.Array  # [] int32: calls so far
+
+
+def _excess_mtl_combine(
+    state: ExcessMTLState,
+    losses: chex.Array,
+    grads: chex.Array,
+    key: chex.PRNGKey | None = None,
+    *,
+    eta: float,
+    warmup: int,
+) -> tuple[chex.Array, ExcessMTLState, Info]:
+    """ExcessMTL's step on ``grads: [K, D]``: estimate the excess risks, update the weights
+    (after ``warmup`` baseline calls) and return ``w @ J: [D]``."""
+    del losses, key
+    g = grads.astype(state.sq_grad_sum.dtype)
+    sq_grad_sum = state.sq_grad_sum + g * g
+    excess = jnp.sum(g * g / jnp.sqrt(sq_grad_sum + 1e-7), axis=1)
+    warming = state.step < warmup
+    excess_sum = jnp.where(warming, state.excess_sum + excess, state.excess_sum)
+    baseline = jnp.maximum(excess_sum / warmup, _TINY)
+    k = excess.shape[0]
+    logits = jnp.log(state.weights) + eta * excess / baseline
+    updated = k * jax.nn.softmax(logits)
+    weights = jnp.where(warming, state.weights, updated)
+    new_state = ExcessMTLState(weights, sq_grad_sum, excess_sum, state.step + 1)
+    # The reference trains every parameter on sum_k w_k L_k, the heads included.
+    info = {"weights": weights, "excess_risk": excess, "head_weights": weights}
+    return combine_rows(weights, grads), new_state, info
 
 
 def excess_mtl(*, robust_step_size: float = 1e-2, warmup_steps: int = 1) -> Strategy:
@@ -604,28 +669,7 @@ def excess_mtl(*, robust_step_size: float = 1e-2, warmup_steps: int = 1) -> Stra
             jnp.zeros((), jnp.int32),
         )
 
-    def matrix_combine(
-        state: ExcessMTLState,
-        losses: chex.Array,
-        grads: chex.Array,
-        key: chex.PRNGKey | None = None,
-    ) -> tuple[chex.Array, ExcessMTLState, Info]:
-        del losses, key
-        g = grads.astype(state.sq_grad_sum.dtype)
-        sq_grad_sum = state.sq_grad_sum + g * g
-        excess = jnp.sum(g * g / jnp.sqrt(sq_grad_sum + 1e-7), axis=1)
-        warming = state.step < warmup
-        excess_sum = jnp.where(warming, state.excess_sum + excess, state.excess_sum)
-        baseline = jnp.maximum(excess_sum / warmup, _TINY)
-        k = excess.shape[0]
-        logits = jnp.log(state.weights) + eta * excess / baseline
-        updated = k * jax.nn.softmax(logits)
-        weights = jnp.where(warming, state.weights, updated)
-        new_state = ExcessMTLState(weights, sq_grad_sum, excess_sum, state.step + 1)
-        # The reference trains every parameter on sum_k w_k L_k, the heads included.
-        info = {"weights": weights, "excess_risk": excess, "head_weights": weights}
-        return combine_rows(weights, grads), new_state, info
-
+    matrix_combine = partial(_excess_mtl_combine, eta=eta, warmup=warmup)
     return gradient_strategy("excess_mtl", init, matrix_combine, needs_dim=True)
 
 

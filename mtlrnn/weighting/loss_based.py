@@ -19,6 +19,7 @@ import math
 import numbers
 from collections.abc import Callable
 from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 import chex
@@ -440,6 +441,83 @@ class FAMOState(NamedTuple):
     opt: InnerOptState  # inner optimizer state of ``logits``
 
 
+def _famo_bounds(min_losses: Sequence[float] | None) -> tuple[float, ...] | None:
+    """FAMO's ``min_losses`` checked and converted to floats (``None`` stays ``None``)."""
+    if min_losses is None:
+        return None
+    message = f"min_losses: must be a non-empty list of finite numbers, got {min_losses!r}"
+    if isinstance(min_losses, str) or not isinstance(min_losses, Sequence):
+        raise ValueError(message)
+    if not min_losses or not all(
+        isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b)
+        for b in min_losses
+    ):
+        raise ValueError(message)
+    return tuple(float(b) for b in min_losses)
+
+
+def _famo_shifted(losses: chex.Array, bounds: tuple[float, ...] | None) -> chex.Array:
+    """FAMO's shifted losses ``D = max(L - b, 0) + eps: [K]``, float32 (``b = 0`` if ``None``)."""
+    values = _as_f32(losses)
+    if bounds is not None:
+        values = values - jnp.asarray(bounds, jnp.float32)
+    return jnp.maximum(values, 0.0) + _EPS
+
+
+def _famo_init(num_tasks: int, *, bounds: tuple[float, ...] | None) -> FAMOState:
+    """FAMO's ``init``: zero logits; ``bounds`` must have one entry per task."""
+    check_num_tasks(num_tasks)
+    if bounds is not None and len(bounds) != num_tasks:
+        raise ValueError(
+            f"min_losses: expected {num_tasks} numbers (one per task), got {len(bounds)}"
+        )
+    return FAMOState(logits=jnp.zeros((num_tasks,), jnp.float32), opt=_inner_init(num_tasks))
+
+
+def _famo_combine(
+    state: FAMOState,
+    losses: chex.Array,
+    grads: object = None,
+    key: chex.PRNGKey | None = None,
+    *,
+    bounds: tuple[float, ...] | None,
+) -> tuple[chex.Array, FAMOState, Info]:
+    """FAMO's ``combine``: ``w = (z / D) / sum(z / D)`` at the current logits; state unchanged."""
+    del grads, key
+    z = jax.nn.softmax(state.logits)
+    ratio = z / _famo_shifted(losses, bounds)
+    weights = (ratio / jnp.sum(ratio)).astype(losses.dtype)
+    return weights, state, {"weights": weights, "task_weights": z}
+
+
+def _famo_after_update(
+    state: FAMOState,
+    losses_before: chex.Array,
+    losses_after: chex.Array,
+    *,
+    bounds: tuple[float, ...] | None,
+    lr: float,
+    gamma: float,
+    optimizer: str,
+) -> FAMOState:
+    """FAMO's ``after_update``: one inner step of the logits on the loss decrease ``delta``;
+    the state is kept when ``delta`` is not finite."""
+    log_before = jnp.log(_famo_shifted(losses_before, bounds))
+    delta = log_before - jnp.log(_famo_shifted(losses_after, bounds))
+    z = jax.nn.softmax(state.logits)
+    # Vector-Jacobian product of the softmax: J^T delta = z * (delta - <z, delta>).
+    grad = z * (delta - jnp.dot(z, delta))
+    logits, opt = _inner_step(
+        state.logits, grad, state.opt, lr=lr, optimizer=optimizer, weight_decay=gamma
+    )
+    # A non-finite loss before or after the step would make the logits NaN for good (and
+    # every later step non-finite): keep the state, as the trainer keeps the parameters.
+    usable = jnp.all(jnp.isfinite(delta))
+    return jax.tree.map(
+        lambda new, old: jnp.where(usable, new, old), FAMOState(logits=logits, opt=opt), state
+    )
+
+
 def famo(
     *,
     lr: float = 0.025,
@@ -492,65 +570,11 @@ def famo(
     lr = check_number("lr", lr, low=0.0, low_open=True)
     gamma = check_number("gamma", gamma, low=0.0)
     optimizer = check_choice("optimizer", optimizer, _INNER_OPTIMIZERS)
-    if min_losses is not None:
-        message = f"min_losses: must be a non-empty list of finite numbers, got {min_losses!r}"
-        if isinstance(min_losses, str) or not isinstance(min_losses, Sequence):
-            raise ValueError(message)
-        if not min_losses or not all(
-            isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b)
-            for b in min_losses
-        ):
-            raise ValueError(message)
-        bounds = tuple(float(b) for b in min_losses)
-    else:
-        bounds = None
-
-    def shifted(losses: chex.Array) -> chex.Array:
-        values = _as_f32(losses)
-        if bounds is not None:
-            values = values - jnp.asarray(bounds, jnp.float32)
-        return jnp.maximum(values, 0.0) + _EPS
-
-    def init(num_tasks: int) -> FAMOState:
-        check_num_tasks(num_tasks)
-        if bounds is not None and len(bounds) != num_tasks:
-            raise ValueError(
-                f"min_losses: expected {num_tasks} numbers (one per task), got {len(bounds)}"
-            )
-        return FAMOState(logits=jnp.zeros((num_tasks,), jnp.float32), opt=_inner_init(num_tasks))
-
-    def combine(
-        state: FAMOState,
-        losses: chex.Array,
-        grads: object = None,
-        key: chex.PRNGKey | None = None,
-    ) -> tuple[chex.Array, FAMOState, Info]:
-        del grads, key
-        z = jax.nn.softmax(state.logits)
-        ratio = z / shifted(losses)
-        weights = (ratio / jnp.sum(ratio)).astype(losses.dtype)
-        return weights, state, {"weights": weights, "task_weights": z}
-
-    def after_update(
-        state: FAMOState, losses_before: chex.Array, losses_after: chex.Array
-    ) -> FAMOState:
-        delta = jnp.log(shifted(losses_before)) - jnp.log(shifted(losses_after))
-        z = jax.nn.softmax(state.logits)
-        # Vector-Jacobian product of the softmax: J^T delta = z * (delta - <z, delta>).
-        grad = z * (delta - jnp.dot(z, delta))
-        logits, opt = _inner_step(
-            state.logits, grad, state.opt, lr=lr, optimizer=optimizer, weight_decay=gamma
-        )
-        # A non-finite loss before or after the step would make the logits NaN for good (and
-        # every later step non-finite): keep the state, as the trainer keeps the parameters.
-        usable = jnp.all(jnp.isfinite(delta))
-        return jax.tree.map(
-            lambda new, old: jnp.where(usable, new, old), FAMOState(logits=logits, opt=opt), state
-        )
-
-    return Strategy(
-        name="famo", requires="losses", init=init, combine=combine, after_update=after_update
-    )
+    bounds = _famo_bounds(min_losses)
+    update = partial(_famo_after_update, bounds=bounds, lr=lr, gamma=gamma, optimizer=optimizer)
+    init = partial(_famo_init, bounds=bounds)
+    combine = partial(_famo_combine, bounds=bounds)
+    return Strategy(name="famo", requires="losses", init=init, combine=combine, after_update=update)
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,6 +586,37 @@ class STCHState(NamedTuple):
 
     loss_sum: chex.Array  # [K] float32: sum of the losses over the nadir window
     count: chex.Array  # [] int32: steps seen, saturating at warmup_steps + nadir_steps
+
+
+def _stch_combine(
+    state: STCHState,
+    losses: chex.Array,
+    grads: object = None,
+    key: chex.PRNGKey | None = None,
+    *,
+    mu: float,
+    warmup_steps: int,
+    nadir_steps: int,
+) -> tuple[chex.Array, STCHState, Info]:
+    """STCH's ``combine``: log-loss weights while warming up (the last ``nadir_steps`` of
+    them summed into the nadir), then the smooth Tchebycheff weights."""
+    del grads, key
+    total_warmup = warmup_steps + nadir_steps
+    current = _as_f32(losses)
+    num_tasks = losses.shape[0]
+    active = state.count >= total_warmup
+    nadir = jnp.maximum(state.loss_sum / nadir_steps, _EPS)
+    objectives = jnp.log(current / nadir + _EPS)
+    stch_weights = num_tasks * jax.nn.softmax(objectives / mu) / (current + _EPS * nadir)
+    warmup_weights = 1.0 / (current + _EPS)
+    weights = jnp.where(active, stch_weights, warmup_weights).astype(losses.dtype)
+    in_window = jnp.logical_and(state.count >= warmup_steps, jnp.logical_not(active))
+    new_state = STCHState(
+        loss_sum=state.loss_sum + jnp.where(in_window, current, 0.0),
+        count=jnp.minimum(state.count + 1, total_warmup),
+    )
+    info = {"weights": weights, "nadir": nadir, "active": active.astype(jnp.float32)}
+    return weights, new_state, info
 
 
 def stch(*, mu: float = 1.0, warmup_steps: int = 200, nadir_steps: int = 50) -> Strategy:
@@ -600,7 +655,6 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 200, nadir_steps: int = 50) -> 
     mu = check_number("mu", mu, low=0.0, low_open=True)
     warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
     nadir_steps = check_int("nadir_steps", nadir_steps, low=1)
-    total_warmup = warmup_steps + nadir_steps
 
     def init(num_tasks: int) -> STCHState:
         check_num_tasks(num_tasks)
@@ -608,29 +662,7 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 200, nadir_steps: int = 50) -> 
             loss_sum=jnp.zeros((num_tasks,), jnp.float32), count=jnp.zeros((), jnp.int32)
         )
 
-    def combine(
-        state: STCHState,
-        losses: chex.Array,
-        grads: object = None,
-        key: chex.PRNGKey | None = None,
-    ) -> tuple[chex.Array, STCHState, Info]:
-        del grads, key
-        current = _as_f32(losses)
-        num_tasks = losses.shape[0]
-        active = state.count >= total_warmup
-        nadir = jnp.maximum(state.loss_sum / nadir_steps, _EPS)
-        objectives = jnp.log(current / nadir + _EPS)
-        stch_weights = num_tasks * jax.nn.softmax(objectives / mu) / (current + _EPS * nadir)
-        warmup_weights = 1.0 / (current + _EPS)
-        weights = jnp.where(active, stch_weights, warmup_weights).astype(losses.dtype)
-        in_window = jnp.logical_and(state.count >= warmup_steps, jnp.logical_not(active))
-        new_state = STCHState(
-            loss_sum=state.loss_sum + jnp.where(in_window, current, 0.0),
-            count=jnp.minimum(state.count + 1, total_warmup),
-        )
-        info = {"weights": weights, "nadir": nadir, "active": active.astype(jnp.float32)}
-        return weights, new_state, info
-
+    combine = partial(_stch_combine, mu=mu, warmup_steps=warmup_steps, nadir_steps=nadir_steps)
     return Strategy(name="stch", requires="losses", init=init, combine=combine)
 
 

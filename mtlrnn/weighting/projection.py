@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 import chex
@@ -233,6 +234,51 @@ def gradvac(*, beta: float = 0.5, reduction: str = "sum") -> Strategy:
 # GradDrop.
 
 
+def _graddrop_leaks(leak: float | Sequence[float]) -> tuple[tuple[float, ...] | None, float]:
+    """GradDrop's ``leak`` checked: ``(None, l)`` for one number, ``(per-task leaks, 0.0)``
+    for a list."""
+    if isinstance(leak, int | float) and not isinstance(leak, bool):
+        return None, check_number("leak", leak, low=0.0, high=1.0)
+    try:
+        leaks = tuple(check_number("leak", float(x), low=0.0, high=1.0) for x in leak)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"leak: must be a number in [0, 1] or a list of them (one per task), got {leak!r}"
+        ) from None
+    if not leaks:
+        raise ValueError(f"leak: must not be empty, got {leak!r}")
+    return leaks, 0.0
+
+
+def _graddrop_combine(
+    state: tuple[()],
+    losses: chex.Array,
+    grads: chex.Array,
+    key: chex.PRNGKey | None,
+    *,
+    leaks: tuple[float, ...] | None,
+    scalar_leak: float,
+) -> tuple[chex.Array, tuple[()], Info]:
+    """GradDrop on ``grads: [K, D]``: the sign-dropout direction ``[D]`` in ``grads``' dtype
+    (leak ``scalar_leak`` for every task when ``leaks`` is ``None``)."""
+    del losses
+    k, dim = grads.shape
+    matrix = grads.astype(compute_dtype(grads.dtype))
+    if leaks is None:
+        leak_vec = jnp.full((k, 1), scalar_leak, matrix.dtype)
+    else:
+        if len(leaks) != k:
+            raise ValueError(f"leak: expected {k} values (one per task), got {len(leaks)}")
+        leak_vec = jnp.asarray(leaks, matrix.dtype)[:, None]
+    purity = 0.5 * (1.0 + _safe_div(matrix.sum(0), jnp.abs(matrix).sum(0)))
+    draw = jax.random.uniform(_default_key(key), (dim,), matrix.dtype)
+    keep = ((purity > draw) & (matrix > 0)) | ((purity < draw) & (matrix < 0))
+    direction = jnp.sum((leak_vec + (1.0 - leak_vec) * keep) * matrix, axis=0)
+    nonzero = matrix != 0
+    dropped = jnp.sum(nonzero & ~keep) / jnp.maximum(jnp.sum(nonzero), 1)
+    return direction.astype(grads.dtype), state, {"drop_fraction": dropped}
+
+
 def graddrop(*, leak: float | Sequence[float] = 0.0) -> Strategy:
     """GradDrop: Chen, Ngiam, Huang, Luong, Kretzschmar, Chai and Anguelov (2020), "Just Pick
     a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout", NeurIPS.
@@ -264,19 +310,7 @@ def graddrop(*, leak: float | Sequence[float] = 0.0) -> Strategy:
     element: a different algorithm. The mode is refused (a configuration error on
     ``weighting.mode``) rather than run under the paper's name.
     """
-    if isinstance(leak, int | float) and not isinstance(leak, bool):
-        leaks = None
-        scalar_leak = check_number("leak", leak, low=0.0, high=1.0)
-    else:
-        try:
-            leaks = tuple(check_number("leak", float(x), low=0.0, high=1.0) for x in leak)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"leak: must be a number in [0, 1] or a list of them (one per task), got {leak!r}"
-            ) from None
-        if not leaks:
-            raise ValueError(f"leak: must not be empty, got {leak!r}")
-        scalar_leak = 0.0
+    leaks, scalar_leak = _graddrop_leaks(leak)
 
     def init(num_tasks: int) -> tuple[()]:
         check_num_tasks(num_tasks)
@@ -284,26 +318,7 @@ def graddrop(*, leak: float | Sequence[float] = 0.0) -> Strategy:
             raise ValueError(f"leak: expected {num_tasks} values (one per task), got {len(leaks)}")
         return ()
 
-    def matrix_combine(
-        state: tuple[()], losses: chex.Array, grads: chex.Array, key: chex.PRNGKey | None
-    ) -> tuple[chex.Array, tuple[()], Info]:
-        del losses
-        k, dim = grads.shape
-        matrix = grads.astype(compute_dtype(grads.dtype))
-        if leaks is None:
-            leak_vec = jnp.full((k, 1), scalar_leak, matrix.dtype)
-        else:
-            if len(leaks) != k:
-                raise ValueError(f"leak: expected {k} values (one per task), got {len(leaks)}")
-            leak_vec = jnp.asarray(leaks, matrix.dtype)[:, None]
-        purity = 0.5 * (1.0 + _safe_div(matrix.sum(0), jnp.abs(matrix).sum(0)))
-        draw = jax.random.uniform(_default_key(key), (dim,), matrix.dtype)
-        keep = ((purity > draw) & (matrix > 0)) | ((purity < draw) & (matrix < 0))
-        direction = jnp.sum((leak_vec + (1.0 - leak_vec) * keep) * matrix, axis=0)
-        nonzero = matrix != 0
-        dropped = jnp.sum(nonzero & ~keep) / jnp.maximum(jnp.sum(nonzero), 1)
-        return direction.astype(grads.dtype), state, {"drop_fraction": dropped}
-
+    matrix_combine = partial(_graddrop_combine, leaks=leaks, scalar_leak=scalar_leak)
     return gradient_strategy("graddrop", init, matrix_combine, modes=("full",))
 
 

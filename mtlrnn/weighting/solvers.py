@@ -32,6 +32,8 @@ Teboulle 2009, Thm. 4.4).
 
 from __future__ import annotations
 
+from functools import partial
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -99,6 +101,55 @@ def min_norm_two(gram: chex.Array) -> chex.Array:
 MIN_NORM_METHODS = ("active_set", "frank_wolfe", "projected_gradient")
 
 
+def _affine_minimiser(g: chex.Array, corral: chex.Array) -> chex.Array:
+    """``v: [K]`` minimising ``v^T G v`` subject to ``sum(v) = 1`` and ``v = 0`` off
+    ``corral: [K] bool``: the bordered system of :func:`min_norm_active_set`, refined once."""
+    k = g.shape[-1]
+    dtype = g.dtype
+    eye = jnp.eye(k, dtype=dtype)
+    rhs = jnp.zeros((k + 1,), dtype).at[k].set(1.0)
+    both = corral[:, None] & corral[None, :]
+    border = corral.astype(dtype)
+    system = jnp.block(
+        [
+            [jnp.where(both, g, eye), border[:, None]],
+            [border[None, :], jnp.zeros((1, 1), dtype)],
+        ]
+    )
+    z = jnp.linalg.solve(system, rhs)
+    z = z + jnp.linalg.solve(system, rhs - system @ z)  # iterative refinement
+    return jnp.where(corral, z[:k], 0.0)
+
+
+def _wolfe_step(carry: tuple, *, g: chex.Array, tol: float) -> tuple:
+    """One major (add a vertex) or minor (drop one) step of :func:`min_norm_active_set` on
+    the scaled Gramian ``g: [K, K]``; ``carry = (i, w, corral, best, done)``."""
+    i, w, corral, best, _ = carry
+    idx = jnp.arange(g.shape[-1])
+    z = _affine_minimiser(g, corral)
+    feasible = jnp.all(jnp.where(corral, z > 0.0, True))
+    # Feasible: z is the new point; add the vertex that violates the KKT conditions most.
+    gz = g @ z
+    lam = z @ gz
+    violation = jnp.where(corral, -jnp.inf, lam - gz)
+    j = jnp.argmax(violation)
+    optimal = violation[j] <= tol
+    stalled = lam >= best  # no decrease since the last major step: rounding level
+    grown = corral | ((idx == j) & jnp.logical_not(optimal))
+    # Infeasible: move towards z until the first corral weight reaches zero; drop it.
+    blocking = corral & (z <= 0.0)
+    ratios = jnp.where(blocking, w / jnp.maximum(w - z, _EPS), jnp.inf)
+    first = jnp.argmin(ratios)
+    moved = w + jnp.clip(ratios[first], 0.0, 1.0) * (z - w)
+    shrunk = corral & (moved > 0.0) & (idx != first)
+    moved = jnp.where(shrunk, moved, 0.0)
+    moved = moved / jnp.sum(moved)
+    w = jnp.where(feasible, jnp.where(stalled, w, z), moved)
+    corral = jnp.where(feasible, grown, shrunk)
+    best = jnp.where(feasible, jnp.minimum(lam, best), best)
+    return i + 1, w, corral, best, feasible & (optimal | stalled)
+
+
 def min_norm_active_set(gram: chex.Array, *, max_iter: int = 250, tol: float = 1e-7) -> chex.Array:
     """Exact weights ``w: [K]`` minimising ``w^T G w`` over the simplex, by Wolfe's algorithm.
 
@@ -124,53 +175,14 @@ def min_norm_active_set(gram: chex.Array, *, max_iter: int = 250, tol: float = 1
     eye = jnp.eye(k, dtype=dtype)
     g = jnp.where(scale > _EPS, gram / jnp.maximum(scale, _EPS), eye)
     idx = jnp.arange(k)
-    rhs = jnp.zeros((k + 1,), dtype).at[k].set(1.0)
-
-    def affine_minimiser(corral: chex.Array) -> chex.Array:
-        both = corral[:, None] & corral[None, :]
-        border = corral.astype(dtype)
-        system = jnp.block(
-            [
-                [jnp.where(both, g, eye), border[:, None]],
-                [border[None, :], jnp.zeros((1, 1), dtype)],
-            ]
-        )
-        z = jnp.linalg.solve(system, rhs)
-        z = z + jnp.linalg.solve(system, rhs - system @ z)  # iterative refinement
-        return jnp.where(corral, z[:k], 0.0)
 
     def cond(carry: tuple) -> chex.Array:
         i, _, _, _, done = carry
         return jnp.logical_and(i < max_iter, jnp.logical_not(done))
 
-    def body(carry: tuple) -> tuple:
-        i, w, corral, best, _ = carry
-        z = affine_minimiser(corral)
-        feasible = jnp.all(jnp.where(corral, z > 0.0, True))
-        # Feasible: z is the new point; add the vertex that violates the KKT conditions most.
-        gz = g @ z
-        lam = z @ gz
-        violation = jnp.where(corral, -jnp.inf, lam - gz)
-        j = jnp.argmax(violation)
-        optimal = violation[j] <= tol
-        stalled = lam >= best  # no decrease since the last major step: rounding level
-        grown = corral | ((idx == j) & jnp.logical_not(optimal))
-        # Infeasible: move towards z until the first corral weight reaches zero; drop it.
-        blocking = corral & (z <= 0.0)
-        ratios = jnp.where(blocking, w / jnp.maximum(w - z, _EPS), jnp.inf)
-        first = jnp.argmin(ratios)
-        moved = w + jnp.clip(ratios[first], 0.0, 1.0) * (z - w)
-        shrunk = corral & (moved > 0.0) & (idx != first)
-        moved = jnp.where(shrunk, moved, 0.0)
-        moved = moved / jnp.sum(moved)
-        w = jnp.where(feasible, jnp.where(stalled, w, z), moved)
-        corral = jnp.where(feasible, grown, shrunk)
-        best = jnp.where(feasible, jnp.minimum(lam, best), best)
-        return i + 1, w, corral, best, feasible & (optimal | stalled)
-
     start = idx == jnp.argmin(jnp.diagonal(g))
     init = (0, start.astype(dtype), start, jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
-    w = jax.lax.while_loop(cond, body, init)[1]
+    w = jax.lax.while_loop(cond, partial(_wolfe_step, g=g, tol=tol), init)[1]
     return jnp.where(scale > _EPS, w, jnp.full((k,), 1.0 / k, dtype))
 
 
