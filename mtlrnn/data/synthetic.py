@@ -84,8 +84,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from mtlrnn.data.dataset import SequenceDataset
+from mtlrnn.options import option
 from mtlrnn.tasks import TaskSpec
 from mtlrnn.tasks import check_unique
+
+_field = option
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
@@ -95,10 +98,6 @@ _SPLIT_IDS = {"train": 1, "dev": 2, "test": 3}
 _PATHS, _NOISE_CONFLICT, _NOISE_SEQ_CLASS, _NOISE_SEQ_VALUE = 0, 1, 2, 3
 
 
-def _field(default: object, doc: str, **bounds: float) -> dataclasses.Field:
-    """A config field with the loader's metadata: ``help``, inclusive ``min`` / ``max``,
-    exclusive ``gt`` / ``lt``."""
-    return dataclasses.field(default=default, metadata={"help": doc, **bounds})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -728,23 +728,13 @@ def fit(
     initialize_distributed(cfg.parallel)
     data_sha = data_sha256(data) if data is not None else None
     members = _members(cfg, workdir)
-    population = len(members) > 1
-    if population and any(name != POPULATION_FILE for name in run_files(workdir)):
-        raise ConfigError(
-            f"train.num_seeds: {workdir} holds an ordinary run ({', '.join(run_files(workdir))}); "
-            "a population writes its seeds into <workdir>/seed<seed>: use another --workdir"
-        )
     resumable = cfg.checkpoint.enabled and cfg.checkpoint.resume
-    done = [
-        _existing_run(m.cfg, m.workdir, overwrite=overwrite, resumable=resumable)
-        for m in members
-    ]
-    if all(summary is not None for summary in done):
+    done = _existing_runs(cfg, workdir, members, overwrite=overwrite, resumable=resumable)
+    if done is not None:
         return _complete(workdir, members, done, data_sha)
     wall0 = time.perf_counter()
-
     # Everything that fails on user input, before compiling.
-    setup = _setup(cfg, population, data, data_sha)
+    setup = _setup(cfg, len(members) > 1, data, data_sha)
     fault = _Fault.from_env()
     if resumable:
         for m in members:
@@ -754,8 +744,65 @@ def fit(
     complete = _start_members(setup, members, resumable)
     if complete is not None:
         return _complete(workdir, members, complete, data_sha)
-    start = members[0].start
+    _write_run_files(setup, members, workdir, verbose=verbose)
+    step_jit, state = _compile(setup, members)
+    eval_jit = setup.placement.compile_eval(make_eval_step(setup.model))
+    _open_logs(cfg, members)
+    stop = _StopRequest()
+    bar: Progress | None = None
+    try:
+        stop.install()
+        _open_checkpoints(setup, members)
+        if verbose and cfg.logging.progress:
+            bar = Progress(cfg.train.steps, initial=members[0].start)
+        hook_list = _run_hooks(
+            setup,
+            members,
+            bar,
+            stop,
+            fault,
+            eval_jit,
+            workdir=workdir if len(members) > 1 else members[0].logdir,
+            user_hooks=hooks,
+        )
+        loop = _make_loop(setup, members, step_jit, state, hook_list, bar)
+        ended = _train(loop, members, cfg.checkpoint.enabled)
+        if bar is not None:
+            bar.close()
+        if ended not in ("completed", "early_stop"):
+            return _interrupted(ended, loop.step, workdir, cfg.checkpoint.enabled)
+        _say_early_stop(ended, loop, members)
+        summaries = _finish_all(setup, members, loop, eval_jit, wall0)
+        result = _result(workdir, members, summaries)
+        _write_population(result, workdir, members)
+    finally:
+        _close(stop, bar, members)
+    if verbose:
+        _print_results(setup, members, summaries, workdir)
+    return result
 
+
+def _existing_runs(
+    cfg: Config, workdir: str, members: list[_Member], *, overwrite: bool, resumable: bool
+) -> list[dict[str, Any]] | None:
+    """Every member's summary when all are complete (nothing to train), else None; refuses
+    a population over an ordinary run's workdir (ConfigError naming train.num_seeds)."""
+    if len(members) > 1 and any(name != POPULATION_FILE for name in run_files(workdir)):
+        raise ConfigError(
+            f"train.num_seeds: {workdir} holds an ordinary run ({', '.join(run_files(workdir))}); "
+            "a population writes its seeds into <workdir>/seed<seed>: use another --workdir"
+        )
+    done = [
+        _existing_run(m.cfg, m.workdir, overwrite=overwrite, resumable=resumable)
+        for m in members
+    ]
+    return done if all(summary is not None for summary in done) else None
+
+
+def _write_run_files(
+    setup: _Setup, members: list[_Member], workdir: str, *, verbose: bool
+) -> None:
+    """Each member's resolved config (and vocabularies of text data); the description."""
     for m in members:
         os.makedirs(m.logdir, exist_ok=True)
         dump_yaml(m.cfg, os.path.join(m.logdir, RESOLVED_CONFIG))
@@ -766,105 +813,142 @@ def fit(
             )
     if verbose:
         _info(setup.suite.description)
-        if population:
+        if len(members) > 1:
             _info(f"population: {len(members)} seeds in one step -> {workdir}/seed<seed>")
 
-    step_jit, state = _compile(setup, members)
-    eval_jit = setup.placement.compile_eval(make_eval_step(setup.model))
+
+def _open_logs(cfg: Config, members: list[_Member]) -> None:
+    """Each member's metrics writer, with the kept history up to its start replayed."""
     for m in members:
-        kept = _kept_history(m.logdir, start, final=start == cfg.train.steps)
+        kept = _kept_history(m.logdir, m.start, final=m.start == cfg.train.steps)
         # One evaluation per step (an early-stopped run evaluated its last step twice).
         m.evals = sorted({int(r["step"]): r["eval"] for r in kept if "eval" in r}.items())
         m.writer = MetricsWriter(m.logdir, tensorboard=cfg.logging.tensorboard)
         _replay_history(m.writer, kept)
-    bar: Progress | None = None
-    stop = _StopRequest()
-    summaries: list[dict[str, Any]] = []
-    try:
-        stop.install()
-        if cfg.checkpoint.enabled:
-            for m in members:
-                m.ckpts = checkpoint.RunCheckpoints(
-                    m.ckpt_dir,
-                    keep=cfg.checkpoint.keep,
-                    async_save=cfg.checkpoint.async_save,
-                    meta=_run_meta(m.cfg, setup.data_sha),
-                    best_metric=cfg.checkpoint.best_metric,
-                    best_mode=cfg.checkpoint.best_mode,
-                    warn=_warn,
-                )
-        if verbose and cfg.logging.progress:
-            bar = Progress(cfg.train.steps, initial=start)
-        top = members[0].logdir if not population else workdir
-        loop = Loop(
-            step_jit,
-            state,
-            _population_batches(setup, members) if population else members[0].batches,
-            place=setup.placement.batch,
-            device_metrics=setup.placement.device_metrics,
-            task_names=[t.name for t in setup.tasks],
-            start=start,
-            total=cfg.train.steps,
-            log_every=cfg.train.log_every,
-            on_nonfinite=cfg.train.on_nonfinite,
-            hooks=_run_hooks(
-                setup, members, bar, stop, fault, eval_jit, workdir=top, user_hooks=hooks
-            ),
-            on_compile=_compile_notice(bar),
-            population=[m.label for m in members] if population else (),
-            prefetch=cfg.train.prefetch,
-            flops=_flops_counter(setup, step_jit),
+
+
+def _open_checkpoints(setup: _Setup, members: list[_Member]) -> None:
+    """Each member's checkpoint manager (latest and best), when checkpoints are on."""
+    cfg = setup.cfg
+    if not cfg.checkpoint.enabled:
+        return
+    for m in members:
+        m.ckpts = checkpoint.RunCheckpoints(
+            m.ckpt_dir,
+            keep=cfg.checkpoint.keep,
+            async_save=cfg.checkpoint.async_save,
+            meta=_run_meta(m.cfg, setup.data_sha),
+            best_metric=cfg.checkpoint.best_metric,
+            best_mode=cfg.checkpoint.best_mode,
+            warn=_warn,
         )
-        try:
-            ended = loop.run()
-        except NonFiniteError as e:
-            _wait(members)
-            saved = "; the last good state is saved" if cfg.checkpoint.enabled else ""
-            raise NonFiniteError(
-                f"{e}{saved} (set train.on_nonfinite=skip to skip such steps)"
-            ) from None
-        if bar is not None:
-            bar.close()
+
+
+def _make_loop(
+    setup: _Setup,
+    members: list[_Member],
+    step_jit: Any,
+    state: Any,
+    hooks: list[Hook],
+    bar: Progress | None,
+) -> Loop:
+    """The training loop over the members' batches (one stream, or one per seed)."""
+    cfg = setup.cfg
+    population = len(members) > 1
+    return Loop(
+        step_jit,
+        state,
+        _population_batches(setup, members) if population else members[0].batches,
+        place=setup.placement.batch,
+        device_metrics=setup.placement.device_metrics,
+        task_names=[t.name for t in setup.tasks],
+        start=members[0].start,
+        total=cfg.train.steps,
+        log_every=cfg.train.log_every,
+        on_nonfinite=cfg.train.on_nonfinite,
+        hooks=hooks,
+        on_compile=_compile_notice(bar),
+        population=[m.label for m in members] if population else (),
+        prefetch=cfg.train.prefetch,
+        flops=_flops_counter(setup, step_jit),
+    )
+
+
+def _train(loop: Loop, members: list[_Member], saving: bool) -> str:
+    """Run the loop to its end; pending saves are finished before returning or raising."""
+    try:
+        ended = loop.run()
+    except NonFiniteError as e:
         _wait(members)
-        if ended not in ("completed", "early_stop"):
-            saved = (
-                "checkpoint saved; rerun the same command to resume"
-                if cfg.checkpoint.enabled
-                else "checkpoints are disabled (checkpoint.enabled=false), nothing saved"
-            )
-            _info(f"stopped by {ended} at step {loop.step}; {saved}")
-            return {"interrupted": True, "signal": ended, "step": loop.step, "workdir": workdir}
-        if ended == "early_stop" and members[0].early is not None:
-            early = members[0].early
-            _info(
-                f"early stop at step {loop.step}: {early.metric} has not improved on "
-                f"{early.best} (step {early.best_step}) for {early.patience} evaluations"
-            )
-        for i, m in enumerate(members):
-            view = SeedView(loop, i) if population else loop
-            summaries.append(_finish(setup, m, view, eval_jit, wall0, len(members)))
-        result = _result(workdir, members, summaries)
-        if population and jax.process_index() == 0:
-            write_text_atomic(
-                os.path.join(workdir, POPULATION_FILE),
-                json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False),
-            )
-    finally:
-        stop.restore()
-        if bar is not None:
-            bar.close()
-        for m in members:
-            if m.ckpts is not None:
-                m.ckpts.close()  # finishes pending asynchronous saves, whatever the way out
-            if m.writer is not None:
-                m.writer.close()
-    if verbose:
-        # The result goes to stdout (``mtlrnn train > log`` keeps it); notices to stderr.
-        for m, summary in zip(members, summaries, strict=True):
-            head = f"{m.label} ({m.workdir}):\n" if population else ""
-            print(head + _report(summary, setup.tasks), flush=True)
-        _info(f"workdir: {workdir}")
-    return result
+        saved = "; the last good state is saved" if saving else ""
+        raise NonFiniteError(
+            f"{e}{saved} (set train.on_nonfinite=skip to skip such steps)"
+        ) from None
+    _wait(members)
+    return ended
+
+
+def _interrupted(ended: str, step: int, workdir: str, saving: bool) -> dict[str, Any]:
+    """The one line and the result of a run stopped by a signal."""
+    saved = (
+        "checkpoint saved; rerun the same command to resume"
+        if saving
+        else "checkpoints are disabled (checkpoint.enabled=false), nothing saved"
+    )
+    _info(f"stopped by {ended} at step {step}; {saved}")
+    return {"interrupted": True, "signal": ended, "step": step, "workdir": workdir}
+
+
+def _say_early_stop(ended: str, loop: Loop, members: list[_Member]) -> None:
+    early = members[0].early
+    if ended == "early_stop" and early is not None:
+        _info(
+            f"early stop at step {loop.step}: {early.metric} has not improved on "
+            f"{early.best} (step {early.best_step}) for {early.patience} evaluations"
+        )
+
+
+def _finish_all(
+    setup: _Setup, members: list[_Member], loop: Loop, eval_jit: Any, wall0: float
+) -> list[dict[str, Any]]:
+    """Each member's final evaluation, checkpoint and summary."""
+    population = len(members) > 1
+    return [
+        _finish(setup, m, SeedView(loop, i) if population else loop, eval_jit, wall0, len(members))
+        for i, m in enumerate(members)
+    ]
+
+
+def _write_population(result: dict[str, Any], workdir: str, members: list[_Member]) -> None:
+    if len(members) > 1 and jax.process_index() == 0:
+        write_text_atomic(
+            os.path.join(workdir, POPULATION_FILE),
+            json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False),
+        )
+
+
+def _close(stop: _StopRequest, bar: Progress | None, members: list[_Member]) -> None:
+    """Whatever the way out: restore signal handlers, finish pending asynchronous saves and
+    close the logs."""
+    stop.restore()
+    if bar is not None:
+        bar.close()
+    for m in members:
+        if m.ckpts is not None:
+            m.ckpts.close()
+        if m.writer is not None:
+            m.writer.close()
+
+
+def _print_results(
+    setup: _Setup, members: list[_Member], summaries: list[dict[str, Any]], workdir: str
+) -> None:
+    """The result tables to stdout (``mtlrnn train > log`` keeps them); notices to stderr."""
+    population = len(members) > 1
+    for m, summary in zip(members, summaries, strict=True):
+        head = f"{m.label} ({m.workdir}):\n" if population else ""
+        print(head + _report(summary, setup.tasks), flush=True)
+    _info(f"workdir: {workdir}")
 
 
 def _setup(
@@ -932,6 +1016,25 @@ def _check_population(cfg: Config, placement: Placement) -> None:
         )
 
 
+def _fresh_and_restored(
+    setup: _Setup, m: _Member, resumable: bool
+) -> tuple[Any, tuple[Any, Iterator[Any]], tuple[Any, dict[str, Any]] | None]:
+    """A member's fresh state, its stream from step 0 (first batch taken, needed to build
+    the state) and its latest good checkpoint ``(state, meta)`` when it resumes."""
+    stream = setup.stream(m.seed, 0)
+    first = next(stream)
+    state = create_train_state(setup.model, setup.optimizer, setup.strategy, first, seed=m.seed)
+    leftovers = resumable and checkpoint.has_checkpoints(m.ckpt_dir)
+    got = None
+    if leftovers:
+        # Several processes restore straight onto the placed (e.g. fsdp-sharded) state.
+        target = setup.placement.state(state) if jax.process_count() > 1 else state
+        got = _restore_for_resume(m.ckpt_dir, target, m.cfg, m.workdir, setup.data_sha)
+        if got is None:
+            _warn(f"no finished checkpoint in {m.ckpt_dir}; starting the run from step 0")
+    return state, (first, stream), got
+
+
 def _start_members(
     setup: _Setup, members: list[_Member], resumable: bool
 ) -> list[dict[str, Any]] | None:
@@ -943,23 +1046,9 @@ def _start_members(
     cfg = setup.cfg
     fresh, firsts, found = [], [], []
     for m in members:
-        stream = setup.stream(m.seed, 0)
-        first = next(stream)
-        state = create_train_state(
-            setup.model, setup.optimizer, setup.strategy, first, seed=m.seed
-        )
+        state, first, got = _fresh_and_restored(setup, m, resumable)
         fresh.append(state)
-        firsts.append((first, stream))
-        leftovers = resumable and checkpoint.has_checkpoints(m.ckpt_dir)
-        # Several processes restore straight onto the placed (e.g. fsdp-sharded) state.
-        target = setup.placement.state(state) if jax.process_count() > 1 else state
-        got = (
-            _restore_for_resume(m.ckpt_dir, target, m.cfg, m.workdir, setup.data_sha)
-            if leftovers
-            else None
-        )
-        if leftovers and got is None:
-            _warn(f"no finished checkpoint in {m.ckpt_dir}; starting the run from step 0")
+        firsts.append(first)
         found.append(got)
     steps = [int(got[1]["step"]) if got is not None else 0 for got in found]
     start = min(steps)
