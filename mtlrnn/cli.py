@@ -42,78 +42,101 @@ CHECKPOINT_HELP = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtlrnn", description="Train multi-task recurrent networks in JAX."
-    )
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train and evaluate one run")
-    train.add_argument(
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mtlrnn train``."""
+    parser.add_argument(
         "--config",
         help="YAML config (default: the run's saved config when --workdir holds a run, else "
         "the embedded synthetic suite, configs/synthetic.yaml)",
     )
-    train.add_argument("--workdir", help="output directory (default: runs/synthetic-<time>)")
+    parser.add_argument("--workdir", help="output directory (default: runs/synthetic-<time>)")
     _add_set(
-        train,
+        parser,
         "override config keys, e.g. --set model.hidden_size=256 train.steps=500 "
         "(several after one --set; --set is repeatable)",
     )
-    train.add_argument(
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="when --workdir already holds a run that cannot be continued, move its files "
         "aside into <workdir>/replaced-<time>/ and start afresh (nothing is deleted)",
     )
-    train.add_argument(
+    parser.add_argument(
         "--quiet",
         action="store_true",
         help="no progress or description; print the result as JSON (notices still on stderr)",
     )
-    ev = sub.add_parser("eval", help="evaluate a checkpoint of a run (the latest by default)")
-    ev.add_argument("--workdir", required=True, help="the run's directory")
-    ev.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
-    ev.add_argument("--json", action="store_true", help="print the result as JSON")
-    ev.add_argument("--quiet", action="store_true", help="print only the JSON result")
-    cmp = sub.add_parser(
-        "compare",
-        help="weighting methods vs single-task baselines over seeds (Δm, Δp)",
-        description="Train single-task baselines and each method over seeds (resumable), "
-        "then write compare.md/.csv/.json and delta_m.png to --outdir.",
-    )
-    cmp.add_argument("--config", help="YAML config shared by every run (default: built-in)")
-    cmp.add_argument(
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mtlrnn eval``."""
+    parser.add_argument("--workdir", required=True, help="the run's directory")
+    parser.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="print only the JSON result")
+
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mtlrnn compare``."""
+    parser.add_argument("--config", help="YAML config shared by every run (default: built-in)")
+    parser.add_argument(
         "--methods",
         help="comma-separated weighting names, e.g. ew,uw,pcgrad (ew = equal); required "
         "unless --report-only, which otherwise reads --outdir/plan.json",
     )
-    cmp.add_argument("--seeds", type=int, help="seeds per method and baseline (default: 3)")
-    cmp.add_argument("--outdir", required=True, help="the comparison's directory")
-    _add_set(cmp, "override config keys in every run (several after one --set; repeatable)")
-    cmp.add_argument("--jobs", type=int, default=1, help="runs at once, as subprocesses")
-    cmp.add_argument(
+    parser.add_argument("--seeds", type=int, help="seeds per method and baseline (default: 3)")
+    parser.add_argument("--outdir", required=True, help="the comparison's directory")
+    _add_set(parser, "override config keys in every run (several after one --set; repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, as subprocesses")
+    parser.add_argument(
         "--no-vectorize",
         dest="vectorize",
         action="store_false",
         help="train each seed as its own run (default: a method's seeds train together in "
         "one compiled step, train.num_seeds)",
     )
-    cmp.add_argument("--shard", metavar="I/N", help="only runs whose index %% N == I (0-based)")
-    cmp.add_argument("--split", default="test", help="evaluation split compared (default: test)")
-    cmp.add_argument("--metrics", help="comma-separated metric names (default: all)")
-    cmp.add_argument("--report-only", action="store_true", help="train nothing; report")
-    cmp.add_argument("--quiet", action="store_true", help="no progress lines or table")
-    pred = sub.add_parser(
-        "predict",
-        help="tag a file with a trained run (CoNLL-U in, CoNLL-U with predicted columns out)",
+    parser.add_argument("--shard", metavar="I/N", help="only runs whose index %% N == I (0-based)")
+    parser.add_argument("--split", default="test", help="evaluation split compared (default: test)")
+    parser.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; report")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines or table")
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mtlrnn predict``."""
+    parser.add_argument("--workdir", required=True, help="the trained run's directory")
+    parser.add_argument("--input", required=True, help="CoNLL-U (or column) file to tag")
+    parser.add_argument("--output", required=True, help="where to write the tagged file")
+    parser.add_argument("--batch-size", type=int, default=0, help="sentences per batch")
+    parser.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
+    parser.add_argument("--quiet", action="store_true", help="no summary line")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser of the ``mtlrnn`` command and its sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="mtlrnn", description="Train multi-task recurrent networks in JAX."
     )
-    pred.add_argument("--workdir", required=True, help="the trained run's directory")
-    pred.add_argument("--input", required=True, help="CoNLL-U (or column) file to tag")
-    pred.add_argument("--output", required=True, help="where to write the tagged file")
-    pred.add_argument("--batch-size", type=int, default=0, help="sentences per batch")
-    pred.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
-    pred.add_argument("--quiet", action="store_true", help="no summary line")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_arguments(sub.add_parser("train", help="train and evaluate one run"))
+    _add_eval_arguments(
+        sub.add_parser("eval", help="evaluate a checkpoint of a run (the latest by default)")
+    )
+    _add_compare_arguments(
+        sub.add_parser(
+            "compare",
+            help="weighting methods vs single-task baselines over seeds (Δm, Δp)",
+            description="Train single-task baselines and each method over seeds (resumable), "
+            "then write compare.md/.csv/.json and delta_m.png to --outdir.",
+        )
+    )
+    _add_predict_arguments(
+        sub.add_parser(
+            "predict",
+            help="tag a file with a trained run (CoNLL-U in, CoNLL-U with predicted columns out)",
+        )
+    )
     return parser
 
 
@@ -175,84 +198,117 @@ def _train_config(args: argparse.Namespace) -> Any:
     return load_config(path, args.overrides)
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    """``mtlrnn train``: fit the run; with --quiet print its evaluation as JSON."""
+    import json
+
+    from mtlrnn import cpu_tuning
+    from mtlrnn.reporting import json_safe
+
+    cfg = _train_config(args)
+    # Before the first JAX computation (see mtlrnn/cpu_tuning.py).
+    cpu_tuning.apply(largest_buffer=_largest_buffer(cfg))
+    from mtlrnn.training.run import fit
+
+    summary = fit(cfg, args.workdir, verbose=not args.quiet, overwrite=args.overwrite)
+    if summary.get("interrupted"):
+        # Stopped by SIGTERM/SIGINT after a checkpoint (fit printed the line): a clean
+        # stop, and rerunning the same command resumes.
+        return 0
+    if args.quiet:
+        if "seeds" in summary:  # a population: each seed's evaluation
+            evals = {seed: s["eval"] for seed, s in summary["seeds"].items()}
+        else:
+            evals = summary["eval"]
+        print(json.dumps(json_safe(evals), sort_keys=True))
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    """``mtlrnn compare``: run the comparison; 1 when any of its runs failed."""
+    from mtlrnn import cpu_tuning
+
+    cpu_tuning.apply(largest_buffer=_compare_buffer(args))
+    from mtlrnn.compare import compare
+
+    result = compare(
+        args.config,
+        args.methods,
+        args.seeds,
+        args.outdir,
+        overrides=args.overrides,
+        jobs=args.jobs,
+        shard=args.shard,
+        split=args.split,
+        metrics=args.metrics,
+        report_only=args.report_only,
+        verbose=not args.quiet,
+        vectorize=args.vectorize,
+    )
+    if result["failed"]:
+        print(
+            f"mtlrnn: error: {len(result['failed'])} run(s) failed: {', '.join(result['failed'])}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    """``mtlrnn predict``: tag --input with the run into --output."""
+    from mtlrnn import cpu_tuning
+
+    cpu_tuning.apply()
+    from mtlrnn.predict import predict
+
+    predict(
+        args.workdir,
+        args.input,
+        args.output,
+        batch_size=args.batch_size,
+        verbose=not args.quiet,
+        checkpoint=args.checkpoint,
+    )
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    """``mtlrnn eval``: evaluate a checkpoint; with --json or --quiet print JSON."""
+    import json
+
+    from mtlrnn import cpu_tuning
+    from mtlrnn.reporting import json_safe
+
+    cpu_tuning.apply()
+    from mtlrnn.training.run import evaluate
+
+    as_json = args.json or args.quiet
+    result = evaluate(args.workdir, verbose=not as_json, checkpoint=args.checkpoint)
+    if as_json:
+        print(json.dumps(json_safe(result), sort_keys=True))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlrnn`` command; returns the exit code."""
     args = _parser().parse_args(argv)
     # Imported after argument parsing so that --help and --version are instant.
-    import json
     import logging
 
-    from mtlrnn import cpu_tuning
     from mtlrnn.config import ConfigError
     from mtlrnn.reporting import configure_logging
-    from mtlrnn.reporting import json_safe
 
     # Notices (resumed, stopped, ...) and warnings show with --quiet too; it drops progress,
     # the data description and the table.
     configure_logging(logging.INFO)
     try:
         if args.command == "train":
-            cfg = _train_config(args)
-            # Before the first JAX computation (see mtlrnn/cpu_tuning.py).
-            cpu_tuning.apply(largest_buffer=_largest_buffer(cfg))
-            from mtlrnn.training.run import fit
-
-            summary = fit(cfg, args.workdir, verbose=not args.quiet, overwrite=args.overwrite)
-            if summary.get("interrupted"):
-                # Stopped by SIGTERM/SIGINT after a checkpoint (fit printed the line): a clean
-                # stop, and rerunning the same command resumes.
-                return 0
-            if args.quiet:
-                if "seeds" in summary:  # a population: each seed's evaluation
-                    evals = {seed: s["eval"] for seed, s in summary["seeds"].items()}
-                else:
-                    evals = summary["eval"]
-                print(json.dumps(json_safe(evals), sort_keys=True))
-        elif args.command == "compare":
-            cpu_tuning.apply(largest_buffer=_compare_buffer(args))
-            from mtlrnn.compare import compare
-
-            result = compare(
-                args.config,
-                args.methods,
-                args.seeds,
-                args.outdir,
-                overrides=args.overrides,
-                jobs=args.jobs,
-                shard=args.shard,
-                split=args.split,
-                metrics=args.metrics,
-                report_only=args.report_only,
-                verbose=not args.quiet,
-                vectorize=args.vectorize,
-            )
-            if result["failed"]:
-                print(
-                    f"mtlrnn: error: {len(result['failed'])} run(s) failed: "
-                    f"{', '.join(result['failed'])}",
-                    file=sys.stderr,
-                )
-                return 1
-        elif args.command == "predict":
-            cpu_tuning.apply()
-            from mtlrnn.predict import predict
-
-            predict(
-                args.workdir,
-                args.input,
-                args.output,
-                batch_size=args.batch_size,
-                verbose=not args.quiet,
-                checkpoint=args.checkpoint,
-            )
-        else:
-            cpu_tuning.apply()
-            from mtlrnn.training.run import evaluate
-
-            as_json = args.json or args.quiet
-            result = evaluate(args.workdir, verbose=not as_json, checkpoint=args.checkpoint)
-            if as_json:
-                print(json.dumps(json_safe(result), sort_keys=True))
+            return _run_train(args)
+        if args.command == "compare":
+            return _run_compare(args)
+        if args.command == "predict":
+            return _run_predict(args)
+        return _run_eval(args)
     except RuntimeError as e:
         from mtlrnn.training.run import NonFiniteError
 
@@ -275,7 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mtlrnn: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

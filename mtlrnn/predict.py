@@ -306,6 +306,65 @@ def write_columns(
             f.write("\n")
 
 
+def _read_sentences(
+    input_path: str, cfg: Any, names: Sequence[str], labels: Mapping[str, Vocabulary]
+) -> tuple[list[list[str]], dict[str, Decoder]]:
+    """The words of each sentence of ``input_path`` in the run's input format, and the
+    decoders of its tasks (DEPREL kept consistent with a CoNLL-U input's HEADs)."""
+    decoders: dict[str, Decoder] = {}
+    if cfg.data.source == "conllu":
+        split_feats = any(n.startswith(FEATS_PREFIX) for n in names)
+        parsed = read_conllu(input_path, feats_split=split_feats)
+        sentences = [s.words for s in parsed]
+        if "deprel" in names:
+            decoder = _deprel_decoder(labels["deprel"], [s.heads for s in parsed])
+            if decoder is not None:
+                decoders["deprel"] = decoder
+    else:
+        sentences = _read_column_words(input_path, cfg.data.columns.word_column)
+    return sentences, decoders
+
+
+def _trained_model(
+    workdir: str,
+    which: str | int,
+    dataset: SequenceDataset,
+    tasks: tuple[TaskSpec, ...],
+    vocabs: Any,
+    vocab_size: int,
+) -> tuple[Any, Any]:
+    """``(model, params)`` of the run's checkpoint ``which``, built for ``dataset``."""
+    chars = vocabs[1]
+    data = Data(
+        tasks=tasks,
+        splits={"train": dataset},
+        vocab_size=vocab_size,
+        char_vocab_size=0 if chars is None else len(chars),
+    )
+    return load_trained(workdir, data, which)
+
+
+def _predict_buckets(buckets: Sequence[int], dataset: SequenceDataset) -> tuple[int, ...]:
+    """The run's ``buckets`` shorter than ``dataset``'s longest sentence, then that length
+    rounded up to a multiple of 8 (so every sentence fits)."""
+    longest = int(dataset.lengths.max())
+    return tuple(b for b in buckets if b < longest) + (-(-longest // 8) * 8,)
+
+
+def _write_predictions(
+    source: str,
+    input_path: str,
+    output_path: str,
+    sentences: Sequence[Sequence[str]],
+    strings: Mapping[str, Sequence[Sequence[str]]],
+) -> None:
+    """Write the predicted labels ``strings`` in the format of the run's data ``source``."""
+    if source == "conllu":
+        write_conllu(input_path, output_path, strings)
+    else:
+        write_columns(output_path, sentences, strings)
+
+
 def predict(
     workdir: str | os.PathLike,
     input_path: str | os.PathLike,
@@ -329,44 +388,23 @@ def predict(
         raise ConfigError(f"--input: no such file: {input_path}")
     _check_output(input_path, output_path)
     cfg, vocabs, tasks, vocab_size = _load(workdir)
-    _, chars, labels, _ = vocabs
+    labels = vocabs[2]
     names = [t.name for t in tasks]
-    decoders: dict[str, Decoder] = {}
-    if cfg.data.source == "conllu":
-        split_feats = any(n.startswith(FEATS_PREFIX) for n in names)
-        parsed = read_conllu(input_path, feats_split=split_feats)
-        sentences = [s.words for s in parsed]
-        if "deprel" in names:
-            decoder = _deprel_decoder(labels["deprel"], [s.heads for s in parsed])
-            if decoder is not None:
-                decoders["deprel"] = decoder
-    else:
-        sentences = _read_column_words(input_path, cfg.data.columns.word_column)
+    sentences, decoders = _read_sentences(input_path, cfg, names, labels)
     if not sentences:
         raise ValueError(f"{input_path}: no sentences to tag")
     dataset = _encode(sentences, vocabs)
-    data = Data(
-        tasks=tasks,
-        splits={"train": dataset},
-        vocab_size=vocab_size,
-        char_vocab_size=0 if chars is None else len(chars),
-    )
-    model, params = load_trained(workdir, data, which)
-    longest = int(dataset.lengths.max())
-    buckets = tuple(b for b in cfg.data.buckets if b < longest) + (-(-longest // 8) * 8,)
+    model, params = _trained_model(workdir, which, dataset, tasks, vocabs, vocab_size)
     ids = predict_labels(
         model,
         params,
         dataset,
         batch_size=batch_size or cfg.train.eval_batch_size,
-        buckets=buckets,
+        buckets=_predict_buckets(cfg.data.buckets, dataset),
         decoders=decoders,
     )
     strings = {t: [labels[t].decode(p) for p in ids[t]] for t in names}
-    if cfg.data.source == "conllu":
-        write_conllu(input_path, output_path, strings)
-    else:
-        write_columns(output_path, sentences, strings)
+    _write_predictions(cfg.data.source, input_path, output_path, sentences, strings)
     result = {
         "sentences": len(sentences),
         "words": int(dataset.lengths.sum()),

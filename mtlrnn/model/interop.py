@@ -63,11 +63,13 @@ def _check_shape(key: str, got: tuple[int, ...], expected: tuple[int, ...], why:
         raise ValueError(f"{key!r} has shape {tuple(got)}, expected {tuple(expected)} ({why})")
 
 
-def _parse_torch(
-    state_dict: Mapping[str, Any], cell: str, prefix: str
-) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Validate a PyTorch RNN state dict; return ``(config, params)``."""
-    num_gates = get_cell(cell, among=CLASSIC_CELLS).num_gates
+# (stem, layer, "_reverse" or None) of a PyTorch key -> its array.
+_Parsed = dict[tuple[str, str, str | None], np.ndarray]
+
+
+def _select_torch_keys(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``state_dict`` whose keys start with ``prefix``, which is stripped;
+    ValueError unless there are some and all are RNN keys of PyTorch without projections."""
     selected = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not selected:
         sample = ", ".join(repr(k) for k in list(state_dict)[:4])
@@ -82,8 +84,12 @@ def _parse_torch(
     if unexpected:
         hint = "" if prefix else "; pass prefix= to select the RNN's keys in a larger model"
         raise ValueError(f"unexpected state_dict keys {unexpected}{hint}")
+    return selected
 
-    parsed = {_TORCH_KEY.match(k).groups(): _as_array(v, prefix + k) for k, v in selected.items()}
+
+def _torch_layout(parsed: _Parsed, prefix: str) -> tuple[int, tuple[str, ...], bool]:
+    """``(num_layers, suffixes, has_bias)`` told by the keys of ``parsed`` (suffixes:
+    ``("",)`` or ``("", "_reverse")``); ValueError naming every missing key."""
     num_layers = 1 + max(int(layer) for _, layer, _ in parsed)
     bidirectional = any(rev for _, _, rev in parsed)
     has_bias = any(stem.startswith("bias") for stem, _, _ in parsed)
@@ -98,7 +104,11 @@ def _parse_torch(
     ]
     if missing:
         raise ValueError(f"missing state_dict keys {missing}")
+    return num_layers, suffixes, has_bias
 
+
+def _torch_sizes(parsed: _Parsed, prefix: str) -> tuple[int, int]:
+    """``(hidden, input_size)`` from the first layer's weights, which must be 2-D."""
     w_hh0 = parsed[("weight_hh", "0", None)]
     w_ih0 = parsed[("weight_ih", "0", None)]
     if w_hh0.ndim != 2 or w_ih0.ndim != 2:
@@ -106,36 +116,72 @@ def _parse_torch(
             f"{prefix}weight_ih_l0 and {prefix}weight_hh_l0 must be 2-D [G*H, I] and [G*H, H], "
             f"got shapes {w_ih0.shape} and {w_hh0.shape}"
         )
-    hidden = w_hh0.shape[1]
-    input_size = w_ih0.shape[1]
+    return w_hh0.shape[1], w_ih0.shape[1]
+
+
+def _from_torch_direction(
+    parsed: _Parsed,
+    layer: int,
+    suffix: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    prefix: str,
+    has_bias: bool,
+    hidden: int,
+    why: str,
+) -> dict[str, np.ndarray]:
+    """One ``layer_{k}_{fwd|bwd}`` entry of Trunk params from the PyTorch arrays of
+    ``layer`` and ``suffix``, each checked against ``shapes[stem]`` and transposed."""
+    key = f"{prefix}{{}}_l{layer}{suffix}"
+    entry: dict[str, np.ndarray] = {}
+    for stem, shape in shapes.items():
+        name = _NAMES[stem]
+        if not has_bias and stem.startswith("bias"):
+            # bias=False modules: zero biases compute the same function.
+            entry[name] = np.zeros(shape, parsed[("weight_hh", "0", None)].dtype)
+            continue
+        value = parsed[(stem, str(layer), suffix or None)]
+        hint = _cell_hint(value.shape[0], hidden) if value.ndim >= 1 else ""
+        _check_shape(key.format(stem), value.shape, shape, why + hint)
+        entry[name] = np.ascontiguousarray(value.T) if value.ndim == 2 else value
+    return entry
+
+
+def _parse_torch(
+    state_dict: Mapping[str, Any], cell: str, prefix: str
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """Validate a PyTorch RNN state dict; return ``(config, params)``."""
+    num_gates = get_cell(cell, among=CLASSIC_CELLS).num_gates
+    selected = _select_torch_keys(state_dict, prefix)
+    parsed = {_TORCH_KEY.match(k).groups(): _as_array(v, prefix + k) for k, v in selected.items()}
+    num_layers, suffixes, has_bias = _torch_layout(parsed, prefix)
+    hidden, input_size = _torch_sizes(parsed, prefix)
     width = num_gates * hidden
     why = f"cell={cell!r} has G={num_gates} gates, H={hidden}"
     params: dict[str, dict[str, np.ndarray]] = {}
     for layer in range(num_layers):
         layer_in = input_size if layer == 0 else hidden * len(suffixes)
+        shapes = {
+            "weight_ih": (width, layer_in),
+            "weight_hh": (width, hidden),
+            "bias_ih": (width,),
+            "bias_hh": (width,),
+        }
         for suffix in suffixes:
             direction = "bwd" if suffix else "fwd"
-            key = f"{prefix}{{}}_l{layer}{suffix}"
-            entry: dict[str, np.ndarray] = {}
-            for stem, shape in (
-                ("weight_ih", (width, layer_in)),
-                ("weight_hh", (width, hidden)),
-                ("bias_ih", (width,)),
-                ("bias_hh", (width,)),
-            ):
-                name = _NAMES[stem]
-                if not has_bias and stem.startswith("bias"):
-                    # bias=False modules: zero biases compute the same function.
-                    entry[name] = np.zeros(shape, w_hh0.dtype)
-                    continue
-                value = parsed[(stem, str(layer), suffix or None)]
-                hint = _cell_hint(value.shape[0], hidden) if value.ndim >= 1 else ""
-                _check_shape(key.format(stem), value.shape, shape, why + hint)
-                entry[name] = np.ascontiguousarray(value.T) if value.ndim == 2 else value
-            params[f"layer_{layer}_{direction}"] = entry
+            params[f"layer_{layer}_{direction}"] = _from_torch_direction(
+                parsed,
+                layer,
+                suffix,
+                shapes,
+                prefix=prefix,
+                has_bias=has_bias,
+                hidden=hidden,
+                why=why,
+            )
     config = {
         "num_layers": num_layers,
-        "bidirectional": bidirectional,
+        "bidirectional": len(suffixes) == 2,
         "hidden_size": int(hidden),
         "input_size": int(input_size),
     }
@@ -183,6 +229,62 @@ def trunk_config_from_torch(
     return _parse_torch(state_dict, cell, prefix)[0]
 
 
+def _our_layout(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...]]:
+    """``(num_layers, directions)`` of Trunk ``params`` (directions: ``("fwd",)`` or
+    ``("fwd", "bwd")``); ValueError for unexpected keys or missing layers."""
+    unexpected = sorted(k for k in params if not _OUR_LAYER.match(k))
+    if unexpected:
+        raise ValueError(f"unexpected params keys {unexpected}; expected layer_{{k}}_{{fwd|bwd}}")
+    layers = {(int(m.group(1)), m.group(2)) for m in map(_OUR_LAYER.match, params)}
+    if not layers:
+        raise ValueError("params is empty; expected keys layer_{k}_{fwd|bwd}")
+    num_layers = 1 + max(layer for layer, _ in layers)
+    directions = ("fwd", "bwd") if any(d == "bwd" for _, d in layers) else ("fwd",)
+    expected = {(layer, d) for layer in range(num_layers) for d in directions}
+    if layers != expected:
+        names = sorted(f"layer_{layer}_{d}" for layer, d in expected - layers)
+        raise ValueError(f"missing params layers {names}")
+    return num_layers, directions
+
+
+def _to_torch_direction(
+    params: Mapping[str, Any],
+    layer: int,
+    direction: str,
+    *,
+    num_directions: int,
+    hidden: int,
+    width: int,
+    why: str,
+    prefix: str,
+) -> dict[str, np.ndarray]:
+    """The PyTorch state dict entries of ``params["layer_{layer}_{direction}"]``, its keys
+    and shapes checked (``width = G*H``) and its weights transposed."""
+    name = f"layer_{layer}_{direction}"
+    entry = params[name]
+    if set(entry) != set(_NAMES.values()):
+        raise ValueError(
+            f"params[{name!r}] has keys {sorted(entry)}, expected {sorted(_NAMES.values())}"
+        )
+    suffix = "_reverse" if direction == "bwd" else ""
+    w_ih = np.asarray(entry["w_ih"])
+    layer_in = w_ih.shape[0] if layer == 0 and w_ih.ndim == 2 else hidden * num_directions
+    shapes = {
+        "w_ih": (layer_in, width),
+        "w_hh": (hidden, width),
+        "b_ih": (width,),
+        "b_hh": (width,),
+    }
+    out: dict[str, np.ndarray] = {}
+    for stem, ours in _NAMES.items():
+        value = np.asarray(entry[ours])
+        _check_shape(f"{name}/{ours}", value.shape, shapes[ours], why)
+        out[f"{prefix}{stem}_l{layer}{suffix}"] = (
+            np.ascontiguousarray(value.T) if value.ndim == 2 else value
+        )
+    return out
+
+
 def trunk_params_to_torch(
     params: Mapping[str, Any], *, cell: str, prefix: str = ""
 ) -> dict[str, np.ndarray]:
@@ -207,46 +309,25 @@ def trunk_params_to_torch(
     num_gates = get_cell(cell, among=CLASSIC_CELLS).num_gates
     if set(params) == {"params"}:
         params = params["params"]
-    unexpected = sorted(k for k in params if not _OUR_LAYER.match(k))
-    if unexpected:
-        raise ValueError(f"unexpected params keys {unexpected}; expected layer_{{k}}_{{fwd|bwd}}")
-    layers = {(int(m.group(1)), m.group(2)) for m in map(_OUR_LAYER.match, params)}
-    if not layers:
-        raise ValueError("params is empty; expected keys layer_{k}_{fwd|bwd}")
-    num_layers = 1 + max(layer for layer, _ in layers)
-    directions = ("fwd", "bwd") if any(d == "bwd" for _, d in layers) else ("fwd",)
-    expected = {(layer, d) for layer in range(num_layers) for d in directions}
-    if layers != expected:
-        names = sorted(f"layer_{layer}_{d}" for layer, d in expected - layers)
-        raise ValueError(f"missing params layers {names}")
-
+    num_layers, directions = _our_layout(params)
     layer0 = params["layer_0_fwd"]
     if "w_hh" not in layer0 or np.ndim(layer0["w_hh"]) != 2:
         raise ValueError("params['layer_0_fwd']['w_hh'] must be a 2-D [H, G*H] array")
     hidden = np.shape(layer0["w_hh"])[0]
-    width = num_gates * hidden
     why = f"cell={cell!r} has G={num_gates} gates, H={hidden}"
     out: dict[str, np.ndarray] = {}
     for layer in range(num_layers):
         for direction in directions:
-            name = f"layer_{layer}_{direction}"
-            entry = params[name]
-            if set(entry) != set(_NAMES.values()):
-                raise ValueError(
-                    f"params[{name!r}] has keys {sorted(entry)}, expected {sorted(_NAMES.values())}"
+            out.update(
+                _to_torch_direction(
+                    params,
+                    layer,
+                    direction,
+                    num_directions=len(directions),
+                    hidden=hidden,
+                    width=num_gates * hidden,
+                    why=why,
+                    prefix=prefix,
                 )
-            suffix = "_reverse" if direction == "bwd" else ""
-            w_ih = np.asarray(entry["w_ih"])
-            layer_in = w_ih.shape[0] if layer == 0 and w_ih.ndim == 2 else hidden * len(directions)
-            shapes = {
-                "w_ih": (layer_in, width),
-                "w_hh": (hidden, width),
-                "b_ih": (width,),
-                "b_hh": (width,),
-            }
-            for stem, ours in _NAMES.items():
-                value = np.asarray(entry[ours])
-                _check_shape(f"{name}/{ours}", value.shape, shapes[ours], why)
-                key = f"{prefix}{stem}_l{layer}{suffix}"
-                out[key] = np.ascontiguousarray(value.T) if value.ndim == 2 else value
+            )
     return out

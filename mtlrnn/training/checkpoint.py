@@ -210,6 +210,35 @@ def read_latest_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
         mngr.close()
 
 
+def _move_unfinished_saves(directory: str, warn: Callable[[str], None]) -> None:
+    """Move every orbax temporary directory in ``directory`` aside, with a warning each."""
+    for step, path in incomplete(directory):
+        new = move_aside(path, step)
+        warn(
+            f"mtlrnn: warning: {path} is an unfinished save (interrupted while writing step "
+            f"{step}); moved it aside to {new}"
+        )
+
+
+def _report_bad_steps(
+    directory: str,
+    bad: list[tuple[int, str]],
+    used: int,
+    *,
+    warn: Callable[[str], None],
+    move_bad: bool,
+) -> None:
+    """Warn about each ``(step, why)`` of ``bad`` that step ``used`` replaced; when
+    ``move_bad``, move its directory aside first."""
+    for bad_step, why in bad:
+        path = os.path.join(directory, str(bad_step))
+        moved = f"moved it aside to {move_aside(path, bad_step)} and " if move_bad else ""
+        warn(
+            f"mtlrnn: warning: checkpoint {path} cannot be restored ({why}); "
+            f"{moved}used step {used}"
+        )
+
+
 def restore_latest_good(
     directory: str | os.PathLike,
     target: TrainState,
@@ -234,12 +263,8 @@ def restore_latest_good(
         failing everywhere points at the environment or the data rather than the files.
     """
     directory = os.path.abspath(directory)
-    for step, path in incomplete(directory) if move_bad else ():
-        new = move_aside(path, step)
-        warn(
-            f"mtlrnn: warning: {path} is an unfinished save (interrupted while writing step "
-            f"{step}); moved it aside to {new}"
-        )
+    if move_bad:
+        _move_unfinished_saves(directory, warn)
     if not os.path.isdir(directory):
         return None
     _ignore_closed_loop_callbacks()  # a failing restore's leftovers start before it raises
@@ -258,19 +283,7 @@ def restore_latest_good(
             except Exception as e:  # any failed restore: a damaged checkpoint
                 bad.append((step, _one_line(e)))
                 continue
-            for bad_step, why in bad:
-                path = os.path.join(directory, str(bad_step))
-                if move_bad:
-                    new = move_aside(path, bad_step)
-                    warn(
-                        f"mtlrnn: warning: checkpoint {path} cannot be restored ({why}); "
-                        f"moved it aside to {new} and used step {step}"
-                    )
-                else:
-                    warn(
-                        f"mtlrnn: warning: checkpoint {path} cannot be restored ({why}); "
-                        f"used step {step}"
-                    )
+            _report_bad_steps(directory, bad, step, warn=warn, move_bad=move_bad)
             return state, meta
         if bad:
             detail = "; ".join(f"step {s}: {why}" for s, why in bad)

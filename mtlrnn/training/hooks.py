@@ -14,13 +14,16 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from mtlrnn.training.loop import Hook
 from mtlrnn.training.loop import Loop
 from mtlrnn.training.window import Window
 
 
-def _task_dict(names: tuple[str, ...], values: Any) -> dict[str, float]:
-    return {name: float(v) for name, v in zip(names, values, strict=True)}
+def task_dict(names: Sequence[str], values: Any) -> dict[str, float]:
+    """``{task name: float}`` from a ``[K]`` vector in task order."""
+    return {name: float(v) for name, v in zip(names, np.asarray(values), strict=True)}
 
 
 class MetricsLog(Hook):
@@ -62,8 +65,8 @@ class MetricsLog(Hook):
         record = {
             "step": loop.step,
             "loss": float(last["loss"]),
-            "losses": _task_dict(loop.task_names, last["losses"]),
-            "weights": _task_dict(loop.task_names, last["weights"]),
+            "losses": task_dict(loop.task_names, last["losses"]),
+            "weights": task_dict(loop.task_names, last["weights"]),
             "lr": float(last["lr"]),
             "grad_norm": float(last["grad_norm"]),
             "tokens_per_s": tokens / max(seconds, 1e-9),

@@ -69,6 +69,7 @@ from mtlrnn.training.hooks import Profile
 from mtlrnn.training.hooks import SeedView
 from mtlrnn.training.hooks import StopOnSignal
 from mtlrnn.training.hooks import median_step_ms
+from mtlrnn.training.hooks import task_dict
 from mtlrnn.training.loop import Hook
 from mtlrnn.training.loop import Loop
 from mtlrnn.training.loop import NonFiniteError
@@ -132,11 +133,6 @@ def model_for(cfg: Config, tasks: tuple[TaskSpec, ...], data: Data) -> Any:
     )
 
 
-def _task_dict(tasks: tuple[TaskSpec, ...], values: Any) -> dict[str, float]:
-    values = np.asarray(values)
-    return {t.name: float(values[i]) for i, t in enumerate(tasks)}
-
-
 def run_eval(
     eval_fn: Any,
     params: Any,
@@ -158,7 +154,7 @@ def run_eval(
     if total is None:
         return {}, {}
     mean_loss = np.where(loss_weight > 0, loss_sum / np.maximum(loss_weight, 1), np.nan)
-    return finalize(tasks, total), _task_dict(tasks, mean_loss)
+    return finalize(tasks, total), task_dict([t.name for t in tasks], mean_loss)
 
 
 # Config keys that may change when a run resumes: they do not alter the sequence of updates.
