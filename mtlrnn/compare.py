@@ -88,6 +88,7 @@ import traceback
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
+from typing import NamedTuple
 
 from mtlrnn.accelerators import assign_devices
 from mtlrnn.accelerators import device_env
@@ -537,43 +538,54 @@ def _slot_envs(jobs: int, environ: Mapping[str, str], verbose: bool) -> list[dic
 # --------------------------------------------------------------------------------------------
 
 
-def _train_in_process(run: Run) -> str | None:
-    """Train ``run`` with :func:`mtlrnn.training.run.fit`; the error text on failure, else None."""
+class _Job(NamedTuple):
+    """What one ``mtlrnn train`` trains: one run, or consecutive seeds as one population."""
+
+    config_path: str | None  # the YAML config (None: the built-in defaults)
+    overrides: tuple[str, ...]  # its ``--set`` overrides
+    workdir: str  # its ``--workdir``
+    log: str  # where a subprocess's output goes
+
+
+def _job(runs: Sequence[Run]) -> _Job:
+    """The job training ``runs`` (consecutive seeds of one method): a single run into its
+    workdir; several as one population run into the method's directory, logged to
+    ``train-seed<first>-<n>.log`` there."""
+    first = runs[0]
+    if len(runs) == 1:
+        log = os.path.join(first.workdir, "train.log")
+        return _Job(first.config_path, first.overrides, first.workdir, log)
+    parent = os.path.dirname(first.workdir)
+    log = os.path.join(parent, f"train-seed{first.seed}-{len(runs)}.log")
+    return _Job(first.config_path, _population_overrides(runs), parent, log)
+
+
+def _fit_in_process(job: _Job, runs: Sequence[Run]) -> str | None:
+    """Train ``job`` with :func:`mtlrnn.training.run.fit`; the error text on failure (its
+    traceback goes to the ``train.log`` of each of ``runs``), else None."""
     from mtlrnn.training import run as run_module
 
     try:
-        cfg = load_config(run.config_path, run.overrides)
-        run_module.fit(cfg, run.workdir, verbose=False)
+        cfg = load_config(job.config_path, job.overrides)
+        run_module.fit(cfg, job.workdir, verbose=False)
     except Exception as e:  # one failed run must not stop the others
-        os.makedirs(run.workdir, exist_ok=True)
-        write_text_atomic(os.path.join(run.workdir, "train.log"), traceback.format_exc())
+        for run in runs:
+            os.makedirs(run.workdir, exist_ok=True)
+            write_text_atomic(os.path.join(run.workdir, "train.log"), traceback.format_exc())
         return f"{type(e).__name__}: {' '.join(str(e).split())}"
     return None
 
 
-def _train_subprocess(run: Run, lock: Lock, devices: Mapping[str, str]) -> str | None:
-    """Train ``run`` with ``python -m mtlrnn.cli train``; the error text on failure."""
-    log = os.path.join(run.workdir, "train.log")
-    return _cli_train(run.config_path, run.overrides, run.workdir, log, [lock], devices)
-
-
-def _cli_train(
-    config_path: str | None,
-    overrides: Sequence[str],
-    workdir: str,
-    log: str,
-    locks: Sequence[Lock],
-    devices: Mapping[str, str],
-) -> str | None:
-    """``python -m mtlrnn.cli train`` into ``workdir``, output in ``log``; the error text on
+def _cli_train(job: _Job, locks: Sequence[Lock], devices: Mapping[str, str]) -> str | None:
+    """``python -m mtlrnn.cli train`` of ``job``, output in ``job.log``; the error text on
     failure, else None. The child is registered with ``locks``."""
     import mtlrnn
 
     cmd = [sys.executable, "-m", "mtlrnn.cli", "train"]
-    if config_path is not None:
-        cmd += ["--config", config_path]
-    cmd += ["--workdir", workdir, "--quiet"]
-    for item in overrides:
+    if job.config_path is not None:
+        cmd += ["--config", job.config_path]
+    cmd += ["--workdir", job.workdir, "--quiet"]
+    for item in job.overrides:
         cmd += ["--set", item]
     env = {**os.environ, **devices}
     # The child must import this very mtlrnn, wherever (or whether) it is installed.
@@ -581,8 +593,8 @@ def _cli_train(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     # Runs may share an accelerator: each takes memory as needed instead of 75% of it.
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    with atomic_writer(log) as f:
+    os.makedirs(os.path.dirname(job.log), exist_ok=True)
+    with atomic_writer(job.log) as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         try:
             for lock in locks:
@@ -593,7 +605,7 @@ def _cli_train(
             proc.wait()
             raise
     if code != 0:
-        return f"exit code {code}: {_log_tail(log)} (log: {log})"
+        return f"exit code {code}: {_log_tail(job.log)} (log: {job.log})"
     return None
 
 
@@ -627,103 +639,132 @@ def _units(runs: Sequence[tuple[int, Run]], vectorize: bool) -> list[list[tuple[
     return units
 
 
-def _train_population_in_process(runs: Sequence[Run]) -> str | None:
-    """Train ``runs`` (consecutive seeds of one method) as one population with
-    :func:`mtlrnn.training.run.fit`; the error text on failure, else None."""
-    from mtlrnn.training import run as run_module
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    """How this process trains its share of the plan.
 
-    parent = os.path.dirname(runs[0].workdir)
+    Attributes:
+      jobs: runs (populations) trained at once; more than 1: each in a subprocess.
+      verbose: print progress lines to stderr (failures are printed regardless).
+      lease_s: the lock lease in seconds (:mod:`mtlrnn.training.runlock`).
+      devices: the job slot's accelerator environment, for subprocesses.
+    """
+
+    jobs: int
+    verbose: bool
+    lease_s: float
+    devices: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def subprocess_mode(self) -> bool:
+        """Train in ``python -m mtlrnn.cli train`` subprocesses."""
+        return self.jobs > 1
+
+
+class _Claim(NamedTuple):
+    """A run as :func:`_claim` found it."""
+
+    status: str  # "finished", "locked" (by another process), or "" (to train)
+    lock: Lock | None  # the run's lock, held by this process; the caller releases it
+
+
+class _Messages(NamedTuple):
+    """What :func:`_train_block` says about one training."""
+
+    start: str  # before it starts
+    failed: str  # before the error text, when it failed
+    done: str  # before its time, when it succeeded
+
+
+def _is_finished(run: Run) -> bool:
+    """Whether ``run`` has its ``summary.json``, written when it finished."""
+    return os.path.isfile(os.path.join(run.workdir, "summary.json"))
+
+
+def _claim(run: Run, label: str, how: _Training) -> _Claim:
+    """Lock ``run`` unless it is finished or another process holds its lock; says why a
+    locked run is skipped, and the notes of taking over a stale lock."""
+    if _is_finished(run):
+        return _Claim("finished", None)
+    lock_path = f"{run.workdir}.lock"
+    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+    lock, notes = acquire(lock_path, how.lease_s)
+    if lock is None:
+        _say(how.verbose, f"{label}: skipped, another process holds {lock_path}: {notes[0]}")
+        return _Claim("locked", None)
     try:
-        cfg = load_config(runs[0].config_path, _population_overrides(runs))
-        run_module.fit(cfg, parent, verbose=False)
-    except Exception as e:  # one failed population must not stop the others
-        for run in runs:
-            os.makedirs(run.workdir, exist_ok=True)
-            write_text_atomic(os.path.join(run.workdir, "train.log"), traceback.format_exc())
-        return f"{type(e).__name__}: {' '.join(str(e).split())}"
-    return None
+        for note in notes:
+            _say(how.verbose, f"{label}: {note}")
+    except BaseException:
+        lock.release()  # the caller never got it
+        raise
+    # Finished by its owner between our check and the lock: held, but not to train.
+    return _Claim("finished" if _is_finished(run) else "", lock)
 
 
-def _train_population_subprocess(
-    runs: Sequence[Run], locks: Sequence[Lock], devices: Mapping[str, str]
-) -> str | None:
-    """:func:`_train_population_in_process` as ``python -m mtlrnn.cli train``; its output
-    goes to ``<method dir>/train-seed<first>-<n>.log``."""
-    parent = os.path.dirname(runs[0].workdir)
-    return _cli_train(
-        runs[0].config_path,
-        _population_overrides(runs),
-        parent,
-        os.path.join(parent, f"train-seed{runs[0].seed}-{len(runs)}.log"),
-        locks,
-        devices,
+def _say_resuming(run: Run, label: str, verbose: bool) -> None:
+    """Say so when ``run`` was interrupted: ``mtlrnn train`` resumes it from its latest
+    good checkpoint (or starts afresh)."""
+    if os.path.exists(run.workdir):
+        _say(verbose, f"{label}: {run.workdir} has no summary.json (interrupted); resuming")
+
+
+def _train(block: Sequence[tuple[Run, Lock]], how: _Training) -> str | None:
+    """Train the locked runs of ``block`` (consecutive seeds of one method) as one job
+    (see :func:`_job`); the error text on failure, else None."""
+    runs = [run for run, _ in block]
+    if how.subprocess_mode:
+        return _cli_train(_job(runs), [lock for _, lock in block], how.devices)
+    return _fit_in_process(_job(runs), runs)
+
+
+def _train_block(
+    block: Sequence[tuple[Run, Lock]], messages: _Messages, how: _Training
+) -> list[str]:
+    """:func:`_train` ``block``, saying how it went; the status of each of its runs."""
+    _say(how.verbose, messages.start)
+    t0 = time.perf_counter()
+    error = _train(block, how)
+    statuses: list[str] = []
+    for run, _ in block:
+        if error is None and not _is_finished(run):
+            error = "stopped before it finished (signal?); rerun compare to resume it"
+        statuses.append("failed" if error is not None else "trained")
+    if error is not None:
+        print(f"{messages.failed}: {error}", file=sys.stderr, flush=True)
+    else:
+        _say(how.verbose, f"{messages.done} in {time.perf_counter() - t0:.1f} s")
+    return statuses
+
+
+def _population_messages(label: str, block: Sequence[tuple[Run, Lock]]) -> _Messages:
+    """What :func:`_train_block` says about a block of :func:`_run_population`."""
+    seeds = ", ".join(str(run.seed) for run, _ in block)
+    where = os.path.dirname(block[0][0].workdir)
+    return _Messages(
+        start=f"{label}: training seed(s) {seeds} in one population -> {where}",
+        failed=f"{label} seeds {seeds}: FAILED",
+        done=f"{label}: seeds {seeds} done",
     )
 
 
-def _run_population(
-    runs: Sequence[Run],
-    label: str,
-    *,
-    subprocess_mode: bool,
-    verbose: bool,
-    lease_s: float,
-    devices: Mapping[str, str] | None = None,
-) -> list[str]:
+def _run_population(runs: Sequence[Run], label: str, how: _Training) -> list[str]:
     """Train the runs of one method (consecutive seeds) that are neither finished nor
     locked, consecutive seeds together as one population run; the status of each run."""
     status = {run.workdir: "" for run in runs}
     held: list[tuple[Run, Lock]] = []
     try:
         for run in runs:
-            summary = os.path.join(run.workdir, "summary.json")
-            if os.path.isfile(summary):
-                status[run.workdir] = "finished"
-                continue
-            lock_path = f"{run.workdir}.lock"
-            os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-            lock, notes = acquire(lock_path, lease_s)
-            if lock is None:
-                _say(verbose, f"{label} seed {run.seed}: skipped, another process holds "
-                     f"{lock_path}: {notes[0]}")
-                status[run.workdir] = "locked"
-                continue
-            held.append((run, lock))
-            for note in notes:
-                _say(verbose, f"{label} seed {run.seed}: {note}")
-            if os.path.isfile(summary):  # finished by its owner between our check and the lock
-                status[run.workdir] = "finished"
+            claim = _claim(run, f"{label} seed {run.seed}", how)
+            status[run.workdir] = claim.status
+            if claim.lock is not None:
+                held.append((run, claim.lock))
         todo = [(r, lk) for r, lk in held if not status[r.workdir]]
         for run, _ in todo:
-            if os.path.exists(run.workdir):
-                _say(verbose, f"{label} seed {run.seed}: {run.workdir} has no summary.json "
-                     "(interrupted); resuming")
+            _say_resuming(run, f"{label} seed {run.seed}", how.verbose)
         for block in _consecutive(todo):
-            block_runs = [r for r, _ in block]
-            seeds = ", ".join(str(r.seed) for r in block_runs)
-            where = os.path.dirname(block_runs[0].workdir)
-            _say(verbose, f"{label}: training seed(s) {seeds} in one population -> {where}")
-            t0 = time.perf_counter()
-            if len(block_runs) == 1:
-                error = (
-                    _train_subprocess(block_runs[0], block[0][1], devices or {})
-                    if subprocess_mode
-                    else _train_in_process(block_runs[0])
-                )
-            elif subprocess_mode:
-                error = _train_population_subprocess(
-                    block_runs, [lk for _, lk in block], devices or {}
-                )
-            else:
-                error = _train_population_in_process(block_runs)
-            for run in block_runs:
-                done = os.path.isfile(os.path.join(run.workdir, "summary.json"))
-                if error is None and not done:
-                    error = "stopped before it finished (signal?); rerun compare to resume it"
-                status[run.workdir] = "failed" if error is not None else "trained"
-            if error is not None:
-                print(f"{label} seeds {seeds}: FAILED: {error}", file=sys.stderr, flush=True)
-            else:
-                _say(verbose, f"{label}: seeds {seeds} done in {time.perf_counter() - t0:.1f} s")
+            statuses = _train_block(block, _population_messages(label, block), how)
+            status.update(zip((r.workdir for r, _ in block), statuses, strict=True))
     finally:
         for _, lock in held:
             lock.release()
@@ -740,50 +781,90 @@ def _consecutive(items: Sequence[tuple[Run, Lock]]) -> list[list[tuple[Run, Lock
     return blocks
 
 
-def _run_one(
-    run: Run,
-    label: str,
-    *,
-    subprocess_mode: bool,
-    verbose: bool,
-    lease_s: float,
-    devices: Mapping[str, str] | None = None,
-) -> str:
+def _run_one(run: Run, label: str, how: _Training) -> str:
     """Train one run unless it is finished or locked; returns its status."""
-    summary = os.path.join(run.workdir, "summary.json")
-    if os.path.isfile(summary):
-        _say(verbose, f"{label}: finished, skipped")
-        return "finished"
-    lock_path = f"{run.workdir}.lock"
-    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-    lock, notes = acquire(lock_path, lease_s)
-    if lock is None:
-        _say(verbose, f"{label}: skipped, another process holds {lock_path}: {notes[0]}")
-        return "locked"
+    claim = _claim(run, label, how)
     try:
-        for note in notes:
-            _say(verbose, f"{label}: {note}")
-        if os.path.isfile(summary):  # finished by its owner between our check and the lock
-            _say(verbose, f"{label}: finished, skipped")
-            return "finished"
-        if os.path.exists(run.workdir):
-            # mtlrnn train resumes from the run's latest good checkpoint (or starts afresh).
-            _say(verbose, f"{label}: {run.workdir} has no summary.json (interrupted); resuming")
-        _say(verbose, f"{label}: training -> {run.workdir}")
-        t0 = time.perf_counter()
-        if subprocess_mode:
-            error = _train_subprocess(run, lock, devices or {})
-        else:
-            error = _train_in_process(run)
-        if error is None and not os.path.isfile(summary):
-            error = "stopped before it finished (signal?); rerun compare to resume it"
-        if error is not None:
-            print(f"{label}: FAILED in {run.workdir}: {error}", file=sys.stderr, flush=True)
-            return "failed"
-        _say(verbose, f"{label}: done in {time.perf_counter() - t0:.1f} s")
-        return "trained"
+        if claim.status == "finished":
+            _say(how.verbose, f"{label}: finished, skipped")
+        if claim.status:
+            return claim.status
+        _say_resuming(run, label, how.verbose)
+        messages = _Messages(
+            start=f"{label}: training -> {run.workdir}",
+            failed=f"{label}: FAILED in {run.workdir}",
+            done=f"{label}: done",
+        )
+        return _train_block([(run, claim.lock)], messages, how)[0]
     finally:
-        lock.release()
+        if claim.lock is not None:
+            claim.lock.release()
+
+
+def _run_unit(unit: Sequence[tuple[int, Run]], total: int, how: _Training) -> list[str]:
+    """Train one unit of the plan (see :func:`_units`) of ``total`` runs; the status of
+    each of its runs."""
+    (i, run), n = unit[0], len(unit)
+    if n == 1:
+        return [_run_one(run, f"[{i + 1}/{total}] {run.name} seed {run.seed}", how)]
+    return _run_population([r for _, r in unit], f"[{i + 1}-{i + n}/{total}] {run.name}", how)
+
+
+def _run_units(
+    units: Sequence[Sequence[tuple[int, Run]]],
+    envs: Sequence[Mapping[str, str]],
+    *,
+    total: int,
+    how: _Training,
+) -> list[str]:
+    """Train ``units``, each on a free job slot (``envs``: the slots' accelerators): one
+    after another with one job, else on ``len(envs)`` threads; each run's status."""
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for slot in range(len(envs)):
+        free.put(slot)
+
+    def one(unit: Sequence[tuple[int, Run]]) -> list[str]:
+        slot = free.get()  # a job slot, and with it the slot's accelerators
+        try:
+            return _run_unit(unit, total, dataclasses.replace(how, devices=envs[slot]))
+        finally:
+            free.put(slot)
+
+    if how.jobs == 1:
+        per_unit = [one(unit) for unit in units]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(envs)) as pool:
+            per_unit = list(pool.map(one, units))
+    return [status for unit in per_unit for status in unit]
+
+
+def _execution_flags(
+    jobs: int, shard: str | tuple[int, int] | None, lock_lease_s: float | None
+) -> tuple[tuple[int, int] | None, float]:
+    """Check ``jobs``; the parsed ``shard`` and the lock lease in seconds (ConfigError
+    names a bad flag)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
+    return _parse_shard(shard), lease_seconds(lock_lease_s)
+
+
+def _shard_runs(
+    runs: Sequence[Run], shard: tuple[int, int] | None, verbose: bool
+) -> list[tuple[int, Run]]:
+    """``(index, run)`` of the runs of ``shard`` (all runs without one); says how many."""
+    mine = [(i, run) for i, run in enumerate(runs) if shard is None or i % shard[1] == shard[0]]
+    if shard is not None:
+        _say(verbose, f"shard {shard[0]}/{shard[1]}: {len(mine)} of {len(runs)} runs")
+    return mine
+
+
+def _tally(statuses: Sequence[str]) -> str:
+    """How many runs ended in each status: the last line of :func:`execute`."""
+    counts = {s: statuses.count(s) for s in ("trained", "finished", "locked", "failed")}
+    return (
+        f"runs: {counts['trained']} trained, {counts['finished']} already finished, "
+        f"{counts['locked']} skipped (locked), {counts['failed']} failed"
+    )
 
 
 def execute(
@@ -818,59 +899,13 @@ def execute(
     Raises:
       ConfigError: ``jobs < 1``, a malformed ``shard`` or a lease that is not ``> 0``.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
-    parsed = _parse_shard(shard)
-    lease_s = lease_seconds(lock_lease_s)
-    total = len(runs)
-    mine = [(i, run) for i, run in enumerate(runs) if parsed is None or i % parsed[1] == parsed[0]]
-    if parsed is not None:
-        _say(verbose, f"shard {parsed[0]}/{parsed[1]}: {len(mine)} of {total} runs")
-
+    parsed, lease_s = _execution_flags(jobs, shard, lock_lease_s)
+    mine = _shard_runs(runs, parsed, verbose)
     units = _units(mine, vectorize)
     envs = _slot_envs(jobs, os.environ, verbose) if jobs > 1 and len(units) > 1 else [{}]
-    free: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for slot in range(len(envs)):
-        free.put(slot)
-
-    def one(unit: list[tuple[int, Run]]) -> list[str]:
-        (i, run), n = unit[0], len(unit)
-        slot = free.get()  # a job slot, and with it the slot's accelerators
-        try:
-            if n == 1:
-                label = f"[{i + 1}/{total}] {run.name} seed {run.seed}"
-                status = _run_one(
-                    run,
-                    label,
-                    subprocess_mode=jobs > 1,
-                    verbose=verbose,
-                    lease_s=lease_s,
-                    devices=envs[slot],
-                )
-                return [status]
-            return _run_population(
-                [r for _, r in unit],
-                f"[{i + 1}-{i + n}/{total}] {run.name}",
-                subprocess_mode=jobs > 1,
-                verbose=verbose,
-                lease_s=lease_s,
-                devices=envs[slot],
-            )
-        finally:
-            free.put(slot)
-
-    if jobs == 1:
-        per_unit = [one(unit) for unit in units]
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(envs)) as pool:
-            per_unit = list(pool.map(one, units))
-    statuses = [status for unit in per_unit for status in unit]
-    counts = {s: statuses.count(s) for s in ("trained", "finished", "locked", "failed")}
-    _say(
-        verbose,
-        f"runs: {counts['trained']} trained, {counts['finished']} already finished, "
-        f"{counts['locked']} skipped (locked), {counts['failed']} failed",
-    )
+    how = _Training(jobs=jobs, verbose=verbose, lease_s=lease_s)
+    statuses = _run_units(units, envs, total=len(runs), how=how)
+    _say(verbose, _tally(statuses))
     return [run.workdir for (_, run), s in zip(mine, statuses, strict=True) if s == "failed"]
 
 
@@ -922,6 +957,234 @@ def _pm(stats: Mapping[str, Any], fmt: str) -> str:
     return f"{stats['mean']:{fmt}} ± {stats['std']:{fmt.lstrip('+')}}"
 
 
+class _Read(NamedTuple):
+    """What the summaries of a plan's runs say."""
+
+    scores: dict[Run, dict[str, dict[str, float]]]  # finished run -> task -> metric -> value
+    step_ms: dict[Run, float]  # finished run -> median step time per seed (NaN: unknown)
+    missing: list[str]  # the unfinished runs' workdirs, relative to outdir
+    notes: list[str]  # the runs that fell back to another split
+
+
+def _step_ms_per_seed(summary: Mapping[str, Any]) -> float:
+    """A run's median step time per seed (NaN: not in its summary)."""
+    # A population run's step trains all its seeds: per seed, its time / population size.
+    population = (summary.get("run") or {}).get("population") or 1
+    step_ms = _num((summary.get("throughput") or {}).get("step_time_ms_median"))
+    return step_ms / (population if isinstance(population, int) and population > 0 else 1)
+
+
+def _read_runs(runs: Sequence[Run], outdir: str, split: str) -> _Read:
+    """Read the summaries of ``runs``: each finished run's scores on ``split`` (or the split
+    it falls back to, with a note) and step time, and which runs are missing."""
+    read = _Read(scores={}, step_ms={}, missing=[], notes=[])
+    for run in runs:
+        summary = _read_summary(os.path.join(run.workdir, "summary.json"))
+        rel = os.path.relpath(run.workdir, outdir)
+        evals = (summary or {}).get("eval") or {}
+        used = _pick_split(evals, split)
+        if summary is None or used is None:
+            read.missing.append(rel)
+            continue
+        if used != split:
+            read.notes.append(f"{rel}: no {split!r} split in summary.json; used {used!r}")
+        read.scores[run] = {
+            task: {m: _num(v) for m, v in values.items() if m != "count"}
+            for task, values in evals[used].items()
+        }
+        read.step_ms[run] = _step_ms_per_seed(summary)
+    return read
+
+
+class _Columns(NamedTuple):
+    """The tasks and metrics a report compares."""
+
+    tasks: list[str]  # the plan's tasks (else the summaries'), in order
+    metrics: dict[str, list[str]]  # task -> its compared metrics, in order (may be empty)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """``(task, metric)`` per column of the table."""
+        return [(t, m) for t in self.tasks for m in self.metrics[t]]
+
+    @property
+    def measured(self) -> list[str]:
+        """The tasks with a compared metric."""
+        return [t for t in self.tasks if self.metrics[t]]
+
+
+def _report_columns(
+    runs: Sequence[Run],
+    scores: Mapping[Run, Mapping[str, Mapping[str, float]]],
+    metrics: Sequence[str] | str | None,
+) -> _Columns:
+    """The plan's tasks (else the summaries'), each with the metrics that the summaries
+    report, or those of them that ``metrics`` names (ConfigError: one that none reports)."""
+    tasks = list(dict.fromkeys(r.task for r in runs if r.task is not None))
+    if not tasks:
+        tasks = list(dict.fromkeys(t for s in scores.values() for t in s))
+    found = {
+        t: list(dict.fromkeys(m for s in scores.values() for m in s.get(t, {}))) for t in tasks
+    }
+    if metrics is not None:
+        wanted = _names(metrics)
+        known = sorted({m for names in found.values() for m in names})
+        unknown = [m for m in wanted if m not in known]
+        if unknown and scores:
+            raise ConfigError(
+                f"--metrics: unknown metric {unknown[0]!r}; the summaries report {', '.join(known)}"
+            )
+        found = {t: [m for m in names if m in wanted] for t, names in found.items()}
+    return _Columns(tasks, found)
+
+
+class _Scores(NamedTuple):
+    """The finished runs' scores on the compared columns: what the rows are made of."""
+
+    cols: _Columns
+    tables: dict[Run, dict[str, dict[str, float]]]  # run -> measured task -> metric -> score
+    step_ms: dict[Run, float]  # run -> median step time per seed
+
+
+def _score_table(
+    scores: Mapping[str, Mapping[str, float]], cols: _Columns
+) -> dict[str, dict[str, float]]:
+    """One run's scores on the compared columns (NaN where it lacks one)."""
+    return {
+        t: {m: scores.get(t, {}).get(m, math.nan) for m in cols.metrics[t]} for t in cols.measured
+    }
+
+
+def _cells(s: _Scores, by_task: Mapping[str, Sequence[Run]]) -> dict[str, dict[str, Any]]:
+    """Per task and metric, the stats of the scores of the runs ``by_task[task]``."""
+    return {
+        t: {m: _stats([s.tables[r][t][m] for r in by_task[t]]) for m in s.cols.metrics[t]}
+        for t in s.cols.tasks
+    }
+
+
+def _baseline(
+    single_cells: Mapping[str, Mapping[str, Any]],
+    single_by_task: Mapping[str, Sequence[Run]],
+    cols: _Columns,
+) -> dict[str, dict[str, float]] | None:
+    """The single-task baselines M_stl: per task and metric, the mean over the seeds; None
+    unless every measured task has a finished baseline."""
+    if not cols.measured or not all(single_by_task[t] for t in cols.measured):
+        return None
+    return {
+        t: {m: _or_nan(single_cells[t][m]["mean"]) for m in cols.metrics[t]} for t in cols.measured
+    }
+
+
+def _baseline_seeds(
+    s: _Scores, single_by_task: Mapping[str, Sequence[Run]], seeds: Sequence[int]
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Per seed of ``seeds`` that every measured task has a finished baseline of, the
+    baselines of that seed together as one table."""
+    measured = s.cols.measured
+    return {
+        seed: {
+            t: s.tables[next(r for r in single_by_task[t] if r.seed == seed)][t] for t in measured
+        }
+        for seed in seeds
+        if measured and all(any(r.seed == seed for r in single_by_task[t]) for t in measured)
+    }
+
+
+def _deltas(
+    label: str,
+    per_seed: Mapping[int, Mapping[str, Mapping[str, float]]],
+    baseline: Mapping[str, Mapping[str, float]] | None,
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The stats of Δm and of Δp of each seed's table against ``baseline`` (None: no Δ),
+    and a note per seed whose Δ is undefined."""
+    dm: dict[int, float | None] = {}
+    dp: dict[int, float | None] = {}
+    notes: list[str] = []
+    for seed, table in per_seed.items():
+        dm[seed] = dp[seed] = None
+        if baseline is None:
+            continue
+        try:
+            dm[seed], dp[seed] = delta_m(table, baseline), delta_p(table, baseline)
+        except ValueError as e:
+            notes.append(f"{label} seed {seed}: Δ undefined ({e})")
+    return _delta_stats(dm), _delta_stats(dp), notes
+
+
+def _method_row(
+    s: _Scores, group: Sequence[Run], baseline: Mapping[str, Mapping[str, float]] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The row of one method, ``group`` being its runs; and the notes on its Δ."""
+    done = [r for r in group if r in s.tables]
+    dm, dp, notes = _deltas(group[0].name, {r.seed: s.tables[r] for r in done}, baseline)
+    row = {
+        "method": group[0].name,
+        "weighting": group[0].method,
+        "n": len(done),
+        "seeds": [r.seed for r in done],
+        "scores": _cells(s, {t: done for t in s.cols.tasks}),
+        "delta_m": dm,
+        "delta_p": dp,
+        "step_time_ms": _median([s.step_ms[r] for r in done]),
+    }
+    return row, notes
+
+
+def _rows(
+    runs: Sequence[Run], s: _Scores
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]] | None, list[str]]:
+    """The report's rows, ``single-task`` first; the baselines M_stl (see :func:`_baseline`);
+    and the notes on Δ."""
+    single_runs = [r for r in runs if r.task is not None and r in s.tables]
+    single_by_task = {t: [r for r in single_runs if r.task == t] for t in s.cols.tasks}
+    single_cells = _cells(s, single_by_task)
+    baseline = _baseline(single_cells, single_by_task, s.cols)
+    notes: list[str] = []
+    if baseline is None and s.cols.pairs:
+        notes.append("Δm and Δp need a finished single-task baseline of every task")
+    # The baselines' own row: each seed's single-task models together, against the means.
+    complete = _baseline_seeds(s, single_by_task, sorted({r.seed for r in runs}))
+    dm, dp, more = _deltas(SINGLE_TASK, complete, baseline)
+    notes += more
+    n_per_task = {t: len(single_by_task[t]) for t in s.cols.tasks}
+    rows: list[dict[str, Any]] = [
+        {
+            "method": SINGLE_TASK,
+            "weighting": "equal",
+            "n": min(n_per_task.values(), default=0),
+            "n_per_task": n_per_task,
+            "seeds": sorted({r.seed for r in single_runs}),
+            "scores": single_cells,
+            "delta_m": _zero_mean(dm),
+            "delta_p": _zero_mean(dp),
+            "step_time_ms": _median([s.step_ms[r] for r in single_runs]),
+        }
+    ]
+    for name in dict.fromkeys(r.name for r in runs if r.task is None):
+        row, more = _method_row(s, [r for r in runs if r.name == name and r.task is None], baseline)
+        rows.append(row)
+        notes += more
+    return rows, baseline, notes
+
+
+def _write_report(
+    outdir: str, result: Mapping[str, Any], columns: Sequence[tuple[str, str]], *, verbose: bool
+) -> None:
+    """Write ``compare.md``, ``compare.csv``, ``compare.json`` and ``delta_m.png`` into
+    ``outdir``; print the markdown table when ``verbose``."""
+    markdown = _markdown(result, columns)
+    os.makedirs(outdir, exist_ok=True)
+    write_text_atomic(os.path.join(outdir, "compare.md"), markdown)
+    write_text_atomic(os.path.join(outdir, "compare.csv"), _csv(result["rows"], columns))
+    text = json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False)
+    write_text_atomic(os.path.join(outdir, "compare.json"), text + "\n")
+    _plot_delta_m(result["rows"], os.path.join(outdir, "delta_m.png"))
+    if verbose:
+        print(markdown, flush=True)  # the result: stdout (progress lines are on stderr)
+
+
 def report(
     outdir: str | os.PathLike,
     runs: Sequence[Run],
@@ -956,142 +1219,25 @@ def report(
       ConfigError: ``metrics`` names a metric that no finished run reports.
     """
     outdir = os.fspath(outdir)
-    notes: list[str] = []
-    scores: dict[Run, dict[str, dict[str, float]]] = {}
-    step_ms: dict[Run, float] = {}
-    missing: list[str] = []
-    for run in runs:
-        summary = _read_summary(os.path.join(run.workdir, "summary.json"))
-        rel = os.path.relpath(run.workdir, outdir)
-        evals = (summary or {}).get("eval") or {}
-        used = _pick_split(evals, split)
-        if summary is None or used is None:
-            missing.append(rel)
-            continue
-        if used != split:
-            notes.append(f"{rel}: no {split!r} split in summary.json; used {used!r}")
-        scores[run] = {
-            task: {m: _num(v) for m, v in values.items() if m != "count"}
-            for task, values in evals[used].items()
-        }
-        # A population run's step trains all its seeds: per seed, its time / population size.
-        population = (summary.get("run") or {}).get("population") or 1
-        step_ms[run] = _num((summary.get("throughput") or {}).get("step_time_ms_median"))
-        step_ms[run] /= population if isinstance(population, int) and population > 0 else 1
-
-    single_runs = [r for r in runs if r.task is not None and r in scores]
-    tasks = list(dict.fromkeys(r.task for r in runs if r.task is not None))
-    if not tasks:
-        tasks = list(dict.fromkeys(t for s in scores.values() for t in s))
-    found = {
-        t: list(dict.fromkeys(m for s in scores.values() for m in s.get(t, {}))) for t in tasks
-    }
-    if metrics is not None:
-        wanted = _names(metrics)
-        known = sorted({m for names in found.values() for m in names})
-        unknown = [m for m in wanted if m not in known]
-        if unknown and scores:
-            raise ConfigError(
-                f"--metrics: unknown metric {unknown[0]!r}; the summaries report {', '.join(known)}"
-            )
-        found = {t: [m for m in names if m in wanted] for t, names in found.items()}
-    columns = [(t, m) for t in tasks for m in found[t]]
-    measured = [t for t in tasks if found[t]]  # tasks with a compared metric
-    # Each finished run's scores on the compared columns (NaN where it lacks one).
-    tables = {
-        r: {t: {m: s.get(t, {}).get(m, math.nan) for m in found[t]} for t in measured}
-        for r, s in scores.items()
-    }
-
-    def cells(by_task: Mapping[str, Sequence[Run]]) -> dict[str, dict[str, Any]]:
-        return {
-            t: {m: _stats([tables[r][t][m] for r in by_task[t]]) for m in found[t]} for t in tasks
-        }
-
-    # The single-task baselines M_stl: per task and metric, the mean over the seeds.
-    single_by_task = {t: [r for r in single_runs if r.task == t] for t in tasks}
-    single_cells = cells(single_by_task)
-    baseline: dict[str, dict[str, float]] | None = None
-    if measured and all(single_by_task[t] for t in measured):
-        baseline = {t: {m: _or_nan(single_cells[t][m]["mean"]) for m in found[t]} for t in measured}
-    elif columns:
-        notes.append("Δm and Δp need a finished single-task baseline of every task")
-
-    def deltas(label: str, per_seed: Mapping[int, Any]) -> tuple[dict, dict]:
-        dm: dict[int, float | None] = {}
-        dp: dict[int, float | None] = {}
-        for seed, table in per_seed.items():
-            dm[seed] = dp[seed] = None
-            if baseline is None or not columns:
-                continue
-            try:
-                dm[seed], dp[seed] = delta_m(table, baseline), delta_p(table, baseline)
-            except ValueError as e:
-                notes.append(f"{label} seed {seed}: Δ undefined ({e})")
-        return _delta_stats(dm), _delta_stats(dp)
-
-    # The baselines' own row: each seed's single-task models together, against the means.
-    seeds_all = sorted({r.seed for r in runs})
-    complete = {
-        seed: {t: tables[next(r for r in single_by_task[t] if r.seed == seed)][t] for t in measured}
-        for seed in seeds_all
-        if measured and all(any(r.seed == seed for r in single_by_task[t]) for t in measured)
-    }
-    dm, dp = deltas(SINGLE_TASK, complete)
-    n_per_task = {t: len(single_by_task[t]) for t in tasks}
-    rows: list[dict[str, Any]] = [
-        {
-            "method": SINGLE_TASK,
-            "weighting": "equal",
-            "n": min(n_per_task.values(), default=0),
-            "n_per_task": n_per_task,
-            "seeds": sorted({r.seed for r in single_runs}),
-            "scores": single_cells,
-            "delta_m": _zero_mean(dm),
-            "delta_p": _zero_mean(dp),
-            "step_time_ms": _median([step_ms[r] for r in single_runs]),
-        }
-    ]
-    for name in dict.fromkeys(r.name for r in runs if r.task is None):
-        group = [r for r in runs if r.name == name and r.task is None]
-        done = [r for r in group if r in scores]
-        dm, dp = deltas(name, {r.seed: tables[r] for r in done})
-        rows.append(
-            {
-                "method": name,
-                "weighting": group[0].method,
-                "n": len(done),
-                "seeds": [r.seed for r in done],
-                "scores": cells({t: done for t in tasks}),
-                "delta_m": dm,
-                "delta_p": dp,
-                "step_time_ms": _median([step_ms[r] for r in done]),
-            }
-        )
-
+    read = _read_runs(runs, outdir, split)
+    cols = _report_columns(runs, read.scores, metrics)
+    tables = {r: _score_table(scores, cols) for r, scores in read.scores.items()}
+    rows, baseline, delta_notes = _rows(runs, _Scores(cols, tables, read.step_ms))
     path_text = "" if config_path is None else os.fspath(config_path)
     result: dict[str, Any] = {
         "config_path": path_text or None,
         "split": split,
-        "tasks": tasks,
-        "columns": [f"{t}/{m}" for t, m in columns],
-        "seeds": seeds_all,
+        "tasks": cols.tasks,
+        "columns": [f"{t}/{m}" for t, m in cols.pairs],
+        "seeds": sorted({r.seed for r in runs}),
         "baseline": baseline,
         "rows": rows,
-        "finished": len(scores),
+        "finished": len(read.scores),
         "planned": len(runs),
-        "missing": missing,
-        "notes": notes,
+        "missing": read.missing,
+        "notes": [*read.notes, *delta_notes],
     }
-    markdown = _markdown(result, columns)
-    os.makedirs(outdir, exist_ok=True)
-    write_text_atomic(os.path.join(outdir, "compare.md"), markdown)
-    write_text_atomic(os.path.join(outdir, "compare.csv"), _csv(rows, columns))
-    text = json.dumps(json_safe(result), indent=2, sort_keys=True, allow_nan=False)
-    write_text_atomic(os.path.join(outdir, "compare.json"), text + "\n")
-    _plot_delta_m(rows, os.path.join(outdir, "delta_m.png"))
-    if verbose:
-        print(markdown, flush=True)  # the result: stdout (progress lines are on stderr)
+    _write_report(outdir, result, cols.pairs, verbose=verbose)
     return result
 
 
@@ -1222,6 +1368,106 @@ def _plot_delta_m(rows: Sequence[Mapping[str, Any]], path: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_flags(
+    *,
+    jobs: int,
+    shard: str | tuple[int, int] | None,
+    lease: float | None,
+    seeds: int | None,
+    metrics: Sequence[str] | str | None,
+) -> int:
+    """Check the flags of :func:`compare` before any work (ConfigError names a bad one);
+    the number of seeds (None: 3)."""
+    _execution_flags(jobs, shard, lease)
+    seeds = 3 if seeds is None else _check_seeds(seeds)
+    if metrics is not None and (not _names(metrics) or not all(_names(metrics))):
+        raise ConfigError(f"--metrics: expected metric names, e.g. accuracy,mse; got {metrics!r}")
+    return seeds
+
+
+def _report_saved_plan(
+    outdir: str, *, split: str, metrics: Sequence[str] | str | None, verbose: bool
+) -> dict[str, Any]:
+    """:func:`report` on the runs of ``<outdir>/plan.json``, with no failed runs."""
+    runs, plan = _read_plan(outdir)
+    config_path = plan.get("config_path")
+    result = report(
+        outdir, runs, split=split, metrics=metrics, config_path=config_path, verbose=verbose
+    )
+    return {**result, "failed": []}
+
+
+class _Planned(NamedTuple):
+    """A planned comparison: what ``plan.json`` records, and the configs."""
+
+    config_path: str | None  # the shared YAML config (None: the built-in defaults)
+    overrides: Sequence[str]  # the ``--set`` overrides shared by every run
+    methods: list[str]  # the methods as given
+    cfg: Config  # the shared config
+    planned: list[tuple[Run, Config]]  # each run with its own config, in plan order
+
+    @property
+    def runs(self) -> list[Run]:
+        """The planned runs, in plan order."""
+        return [run for run, _ in self.planned]
+
+
+def _load_plan(
+    config_path: str | None,
+    methods: Sequence[str] | str | None,
+    seeds: int,
+    outdir: str,
+    overrides: Sequence[str],
+    metrics: Sequence[str] | str | None,
+) -> _Planned:
+    """Load the shared config and plan the runs (see :func:`_plan`)."""
+    if methods is None:
+        raise ConfigError("--methods: required (comma-separated, e.g. ew,uw,pcgrad)")
+    _check_methods(methods)  # before the config: a typo fails at once
+    cfg = load_config(config_path, overrides)
+    planned = _plan(cfg, config_path, methods, seeds, outdir, overrides, metrics)
+    return _Planned(config_path, overrides, _names(methods), cfg, planned)
+
+
+def _check_split(split: str, cfg: Config) -> None:
+    """``split`` must be one that the runs evaluate."""
+    if split not in cfg.train.eval_splits:
+        raise ConfigError(
+            f"--split: {split!r} is not evaluated by the runs (train.eval_splits: "
+            f"{', '.join(cfg.train.eval_splits)})"
+        )
+
+
+def _save_plan(plan: _Planned, outdir: str, *, split: str) -> None:
+    """Check that ``plan`` can train (its runs evaluate ``split``; its finished runs were
+    trained with the configs it gives them), then write it to ``<outdir>/plan.json``."""
+    _check_split(split, plan.cfg)
+    _check_finished(plan.planned, outdir)
+    os.makedirs(outdir, exist_ok=True)
+    runs = plan.runs
+    payload = _plan_payload(
+        runs,
+        outdir,
+        config_path=plan.config_path,
+        overrides=plan.overrides,
+        methods=plan.methods,
+        seeds=sorted({r.seed for r in runs}),
+    )
+    write_text_atomic(os.path.join(outdir, "plan.json"), json.dumps(payload, indent=2) + "\n")
+
+
+def _vectorize_seeds(cfg: Config, *, vectorize: bool, verbose: bool) -> bool:
+    """Whether seeds train together as populations: with ``vectorize``, unless the runs
+    stop early (``train.patience``): then each seed trains on its own (said on stderr)."""
+    if vectorize and cfg.train.patience:
+        _say(
+            verbose,
+            "train.patience: early stopping ends a run on its own; each seed "
+            "trains as its own run (no population)",
+        )
+    return vectorize and not cfg.train.patience
+
+
 def compare(
     config_path: str | os.PathLike | None,
     methods: Sequence[str] | str | None,
@@ -1264,63 +1510,21 @@ def compare(
         ``plan.json``; all before any training.
     """
     outdir = os.fspath(outdir)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs: must be an integer >= 1; got {jobs!r}")
-    _parse_shard(shard)
-    lease_seconds(lock_lease_s)
-    seeds = 3 if seeds is None else _check_seeds(seeds)
-    if metrics is not None and (not _names(metrics) or not all(_names(metrics))):
-        raise ConfigError(f"--metrics: expected metric names, e.g. accuracy,mse; got {metrics!r}")
+    seeds = _check_flags(jobs=jobs, shard=shard, lease=lock_lease_s, seeds=seeds, metrics=metrics)
     path = None if config_path is None else os.fspath(config_path)
-
     if report_only and not methods:
-        runs, plan = _read_plan(outdir)
-        return {
-            **report(
-                outdir,
-                runs,
-                split=split,
-                metrics=metrics,
-                config_path=plan.get("config_path"),
-                verbose=verbose,
-            ),
-            "failed": [],
-        }
-    if methods is None:
-        raise ConfigError("--methods: required (comma-separated, e.g. ew,uw,pcgrad)")
-    _check_methods(methods)  # before the config: a typo fails at once
-
-    cfg = load_config(path, overrides)
-    planned = _plan(cfg, path, methods, seeds, outdir, overrides, metrics)
-    runs = [run for run, _ in planned]
+        return _report_saved_plan(outdir, split=split, metrics=metrics, verbose=verbose)
+    plan = _load_plan(path, methods, seeds, outdir, overrides, metrics)
     failed: list[str] = []
     if not report_only:
-        if split not in cfg.train.eval_splits:
-            raise ConfigError(
-                f"--split: {split!r} is not evaluated by the runs (train.eval_splits: "
-                f"{', '.join(cfg.train.eval_splits)})"
-            )
-        _check_finished(planned, outdir)
-        os.makedirs(outdir, exist_ok=True)
-        payload = _plan_payload(
-            runs,
-            outdir,
-            config_path=path,
-            overrides=overrides,
-            methods=_names(methods),
-            seeds=sorted({r.seed for r in runs}),
-        )
-        write_text_atomic(os.path.join(outdir, "plan.json"), json.dumps(payload, indent=2) + "\n")
-        if vectorize and cfg.train.patience:
-            _say(verbose, "train.patience: early stopping ends a run on its own; each seed "
-                 "trains as its own run (no population)")
+        _save_plan(plan, outdir, split=split)
         failed = execute(
-            runs,
+            plan.runs,
             jobs=jobs,
             shard=shard,
             verbose=verbose,
             lock_lease_s=lock_lease_s,
-            vectorize=vectorize and not cfg.train.patience,
+            vectorize=_vectorize_seeds(plan.cfg, vectorize=vectorize, verbose=verbose),
         )
-    result = report(outdir, runs, split=split, metrics=metrics, config_path=path, verbose=verbose)
-    return {**result, "failed": failed}
+    out = report(outdir, plan.runs, split=split, metrics=metrics, config_path=path, verbose=verbose)
+    return {**out, "failed": failed}

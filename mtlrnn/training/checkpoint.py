@@ -324,6 +324,16 @@ def restore_step(
         mngr.close()
 
 
+def improves(value: float | None, best: float | None, mode: str) -> bool:
+    """Whether metric ``value`` beats ``best`` (``mode`` max or min); a missing or non-finite
+    value never does, anything finite beats no best yet."""
+    if value is None or not np.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
 class RunCheckpoints:
     """The checkpoints of one training run: the last ``keep`` steps under ``directory`` and,
     with ``best_metric``, the best step by that metric under ``directory/best``.
@@ -392,11 +402,7 @@ class RunCheckpoints:
 
     def improves(self, value: float | None) -> bool:
         """Whether ``value`` of ``best_metric`` beats the best checkpoint so far."""
-        if self.best is None or value is None or not np.isfinite(value):
-            return False
-        if self.best_value is None:
-            return True
-        return value > self.best_value if self.best_mode == "max" else value < self.best_value
+        return self.best is not None and improves(value, self.best_value, self.best_mode)
 
     def save_best(self, state: TrainState, value: float, step: int | None = None) -> bool:
         """Save ``state`` as the best checkpoint if ``value`` improves on it; returns whether."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlrnn.training.checkpoint import improves
 from mtlrnn.training.loop import Hook
 from mtlrnn.training.loop import Loop
 from mtlrnn.training.window import Window
@@ -139,13 +140,7 @@ class EarlyStop(Hook):
 
     def _see(self, step: int, flat: Mapping[str, float]) -> None:
         value = flat.get(self.metric)
-        if value is None or value != value:  # missing or NaN: no improvement
-            self.since += 1
-            return
-        better = self.best is None or (
-            value > self.best if self.mode == "max" else value < self.best
-        )
-        if better:
+        if improves(value, self.best, self.mode):  # missing or non-finite: no improvement
             self.best, self.best_step, self.since = float(value), step, 0
         else:
             self.since += 1
