@@ -81,7 +81,7 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'mtlrnn' has no attribute {name!r}")
     module = importlib.import_module(module_name)
-    value = module if module_name == f"mtlrnn.{name}" else getattr(module, name)
+    value = module if module_name.endswith(f".{name}") else getattr(module, name)
     globals()[name] = value
     return value
 

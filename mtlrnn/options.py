@@ -20,3 +20,15 @@ def option(default: Any, help: str, **bounds: float) -> Any:
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def section(cls: type, help: str) -> Any:
+    """A nested config section (a dataclass built with its defaults) with a ``help`` line."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """A config problem, always one line: ``"<dotted.key>: <problem>; <what is allowed>"``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

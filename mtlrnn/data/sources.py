@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from mtlrnn.config import ConfigError
-from mtlrnn.config import DataConfig
 from mtlrnn.data.dataset import SequenceDataset
+from mtlrnn.data.spec import DataConfig
 from mtlrnn.data.text import TextData
+from mtlrnn.options import ConfigError
 from mtlrnn.tasks import TaskSpec
 
 
