@@ -8,7 +8,10 @@ Notation: ``K`` tasks, ``D`` flat size of what the gradients are taken with resp
   mapping over groups of tasks.
 * ``representation``: the Jacobian with respect to the trunk output (the shared
   representation) only; the aggregated cotangent then goes through one ordinary backward
-  pass of the trunk. Cheap: only the heads' backward is batched over tasks.
+  pass of the trunk. Cheap: only the heads' backward is batched over tasks. A Gramian method
+  reads the ``[K, B, L, D]`` rows once (for ``G``); its direction ``w @ J`` is the heads'
+  pull-back of ``w`` (linear in the cotangent), not a second pass over the rows. The heads'
+  own gradient is one more pull-back (of ones, or of ``info["head_weights"]``).
 * ``gramian``: ``G = J J^T`` (``[K, K]``), accumulated leaf by leaf without concatenating a
   flat ``[K, D]`` matrix; the method picks weights from ``G`` and the update is one VJP with
   the weights as cotangent. The per-task gradients are still formed, leaf by leaf, so peak

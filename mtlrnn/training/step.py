@@ -569,15 +569,31 @@ def _representation_grads(
 
     (rep, last), encode_vjp = jax.vjp(encode, shared)
     losses, head_vjp = jax.vjp(head_losses, heads, rep, last)
-    jac_heads, jac_rep, jac_last = vmap_vjp(head_vjp, len(model.tasks), chunk_size=chunk_size)
+    # Per-task rows only for the representation; the heads' gradient is one more (cheap)
+    # pull-back below, since each task touches only its own head.
+    jac_rep, jac_last = vmap_vjp(
+        lambda cot: head_vjp(cot)[1:], len(model.tasks), chunk_size=chunk_size
+    )
     rep_jac = {"rep": jac_rep, "last": jac_last}
-    direction, wstate, info = strategy.combine(wstate, losses, rep_jac, key=weight_key)
-    if "weights" not in info:
-        info = {**info, "effective_weights": effective_weights(rep_jac, direction)}
+    if strategy.from_gram is not None:
+        # A Gramian method: its direction w @ J is the heads' pull-back of w (linear in the
+        # cotangent), which is cheaper than reading the [K, B, L, D] rows a second time.
+        weights, wstate, info = strategy.from_gram(
+            wstate, losses, gramian(rep_jac), key=weight_key
+        )
+        _, d_rep, d_last = head_vjp(weights.astype(losses.dtype))
+        direction = {"rep": d_rep, "last": d_last}
+        info = {**info, "effective_weights": weights}
     else:
-        info = {**info, "effective_weights": info["weights"]}
+        direction, wstate, info = strategy.combine(wstate, losses, rep_jac, key=weight_key)
+        effective = info.get("weights")
+        if effective is None:
+            effective = effective_weights(rep_jac, direction)
+        info = {**info, "effective_weights": effective}
     (shared_grads,) = encode_vjp((direction["rep"], direction["last"]))
-    return losses, {**shared_grads, **head_grads(jac_heads, info)}, wstate, info
+    head_cot = jax.lax.stop_gradient(info.get("head_weights", jnp.ones_like(losses)))
+    heads_grads = head_vjp(head_cot.astype(losses.dtype))[0]
+    return losses, {**shared_grads, **heads_grads}, wstate, info
 
 
 def make_eval_step(model: MultiTaskRNN) -> Callable[[Any, Batch], tuple[chex.Array, Stats]]:
