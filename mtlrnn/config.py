@@ -97,6 +97,9 @@ class TaskOptions:
     """Per-task overrides; ``None`` keeps the data's default for that task."""
 
     weight: float | None = _opt(None, "loss weight (used by the fixed strategy)", min=0)
+    loss_scale: float | None = _opt(
+        None, "multiply the task's loss by this before weighting (loss-scale imbalance)", gt=0
+    )
     loss: Literal["cross_entropy", "mse", "huber"] | None = _opt(
         None, "cross_entropy for classification; mse or huber for regression"
     )
@@ -118,7 +121,7 @@ class TasksConfig:
     )
     options: dict[str, TaskOptions] = _opt(
         {},
-        "per-task overrides keyed by task name: weight, loss, label_smoothing, "
+        "per-task overrides keyed by task name: weight, loss_scale, loss, label_smoothing, "
         "huber_delta, pooling",
     )
 

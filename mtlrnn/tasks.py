@@ -52,6 +52,8 @@ class TaskSpec:
       loss: ``"cross_entropy"`` for classification; ``"mse"`` or ``"huber"`` for regression.
       metrics: metric names reported in evaluation; defaults to all metrics of the kind.
       weight: fixed loss weight used by the ``fixed`` weighting strategy.
+      loss_scale: the task's loss is multiplied by this before any weighting (every method sees
+        the scaled loss; metrics are unchanged): a knob for studying loss-scale imbalance.
       label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
       huber_delta: the Huber loss threshold (``loss="huber"`` only).
       pooling: how a sequence-level head pools trunk states: ``"last"`` valid state,
@@ -66,6 +68,7 @@ class TaskSpec:
     loss: str = ""
     metrics: tuple[str, ...] = ()
     weight: float = 1.0
+    loss_scale: float = 1.0
     label_smoothing: float = 0.0
     huber_delta: float = 1.0
     pooling: str = "last"
@@ -100,6 +103,8 @@ class TaskSpec:
             fail("huber_delta", f"must be > 0, got {self.huber_delta}")
         if self.weight < 0:
             fail("weight", f"must be >= 0, got {self.weight}")
+        if not self.loss_scale > 0:
+            fail("loss_scale", f"must be > 0, got {self.loss_scale}")
         if self.pooling not in POOLINGS:
             fail("pooling", f"must be one of {POOLINGS}, got {self.pooling!r}")
 

@@ -221,3 +221,19 @@ def test_taskspec_validation():
         TaskSpec("x", "token", "classification", num_classes=3, loss="mse")
     with pytest.raises(ValueError, match="level"):
         TaskSpec("x", "word", "classification", num_classes=3)
+
+
+def test_loss_scale_multiplies_only_that_tasks_loss(model_and_params):
+    model, params = model_and_params
+    batch = _batch()
+    scales = {"a": 100.0, "r": 0.01, "t": 3.0}
+    scaled_tasks = tuple(s.replace(loss_scale=scales.get(s.name, 1.0)) for s in TASKS)
+    scaled = MultiTaskRNN(tasks=scaled_tasks, spec=model.spec, vocab_size=20)
+    outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
+    base = np.asarray(task_losses(TASKS, outputs, batch))
+    got = np.asarray(task_losses(scaled.tasks, outputs, batch))
+    want = base * np.array([scales.get(s.name, 1.0) for s in TASKS])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] != base[0] and got[2] == base[2]
+    with pytest.raises(ValueError, match="loss_scale"):
+        TASKS[0].replace(loss_scale=0.0)

@@ -337,3 +337,57 @@ def test_config_is_frozen_and_hashable():
     assert hash(cfg) == hash(SyntheticConfig(token_classes=(5, 8)))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
+
+
+# --- scenario knobs: a noisy task, partial labels ----------------------------------------------
+
+
+def test_task_label_noise_makes_one_task_noisy_and_leaves_the_others():
+    base = make_suite(small(label_noise=0.05))
+    noisy = make_suite(small(label_noise=0.05, task_label_noise={"tag1": 0.8}))
+    for split in ("train", "test"):
+        for name in ("tag0", "tag2", "seq_class"):
+            assert noisy.bayes[split][name] == base.bayes[split][name]
+        np.testing.assert_array_equal(noisy.splits[split].inputs[3], base.splits[split].inputs[3])
+    # E[acc] = (1 - eps) * clean + eps / C with the clean accuracy recovered from the base.
+    clean = (base.bayes["train"]["tag1"]["accuracy"] - 0.05 / 6) / 0.95
+    expected = 0.2 * clean + 0.8 / 6
+    n_tokens = sum(len(y) for y in noisy.splits["train"].labels["tag1"])
+    assert abs(noisy.bayes["train"]["tag1"]["accuracy"] - expected) < 4 * np.sqrt(0.16 / n_tokens)
+    assert "tag1's with 0.8" in noisy.description
+
+
+def test_label_fraction_masks_training_sequences_only():
+    cfg = small(label_fraction={"tag1": 0.2, "seq_value": 0.5})
+    suite = make_suite(cfg)
+    train = suite.splits["train"]
+    assert set(train.masks) == {"tag1", "seq_value"}
+    token_keep = np.array([m[0] for m in train.masks["tag1"]])
+    for m, x in zip(train.masks["tag1"], train.inputs, strict=True):
+        assert m.shape == x.shape and np.all(m == m[0])  # whole sequences, never single tokens
+    assert abs(token_keep.mean() - 0.2) < 4 * np.sqrt(0.16 / 300)
+    assert abs(train.masks["seq_value"].mean() - 0.5) < 4 * np.sqrt(0.25 / 300)
+    assert suite.splits["dev"].masks == {} and suite.splits["test"].masks == {}
+    train.check(suite.tasks, vocab_size=suite.vocab_size)
+    # A larger fraction labels a superset; labels themselves are unchanged.
+    more = make_suite(small(label_fraction={"tag1": 0.6})).splits["train"]
+    more_keep = np.array([m[0] for m in more.masks["tag1"]])
+    assert np.all(more_keep[token_keep == 1] == 1) and more_keep.sum() > token_keep.sum()
+    base = make_suite(small()).splits["train"]
+    np.testing.assert_array_equal(np.concatenate(base.labels["tag1"]),
+                                  np.concatenate(train.labels["tag1"]))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(task_label_noise={"tagx": 0.5}), "task_label_noise: unknown task 'tagx'"),
+        (dict(task_label_noise={"seq_value": 0.5}), "task_label_noise: 'seq_value' is a regr"),
+        (dict(task_label_noise={"tag0": 1.0}), r"task_label_noise.tag0: must be a number in \[0"),
+        (dict(label_fraction={"tag0": 0.0}), r"label_fraction.tag0: must be a number in \(0, 1\]"),
+        (dict(label_fraction={"conflict": 0.5}), "label_fraction: unknown task 'conflict'"),
+    ],
+)
+def test_scenario_knobs_name_the_bad_task_or_value(changes, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticConfig(**changes)

@@ -56,7 +56,10 @@ Tasks (names as in the suite's ``tasks``):
   (by ``loss_scale ** 2``), to create loss-scale imbalance between tasks.
 
 Classification labels (token and sequence) are replaced with probability ``label_noise`` by a
-class drawn uniformly at random (possibly the true one).
+class drawn uniformly at random (possibly the true one); ``task_label_noise`` sets that
+probability per task (one noisy task among clean ones). ``label_fraction`` labels a task on a
+random fraction of the *training* sequences only (the others carry a zero mask for it, so
+they add nothing to its loss); dev and test stay fully labelled.
 
 Bayes-optimal scores (``Suite.bayes[split][task][metric]``), computed exactly from the known
 process against the split's real (noisy) labels:
@@ -80,6 +83,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +100,7 @@ SPLITS: tuple[str, ...] = ("train", "dev", "test")
 _PARAMS, _SHARED_KEY, _TOKEN_TASK = 0, 1, 100
 _SPLIT_IDS = {"train": 1, "dev": 2, "test": 3}
 _PATHS, _NOISE_CONFLICT, _NOISE_SEQ_CLASS, _NOISE_SEQ_VALUE = 0, 1, 2, 3
+_LABELLED = 1  # sub-stream of a task's noise stream: which training sequences are labelled
 
 
 
@@ -142,6 +147,14 @@ class SyntheticConfig:
                                 min=0.0)
     conflict_lag: int = _field(1, "the conflict tag at step t reads the state at t - lag", min=0,
                                max=100_000)
+    task_label_noise: dict[str, float] = _field(
+        {}, "task name -> label noise of that task in [0, 1), instead of label_noise "
+        "(classification tasks), e.g. {tag2: 0.8}"
+    )
+    label_fraction: dict[str, float] = _field(
+        {}, "task name -> fraction in (0, 1] of the training sequences labelled for that task "
+        "(the rest masked out; dev and test fully labelled), e.g. {tag1: 0.1}"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token_classes", tuple(self.token_classes))
@@ -174,6 +187,37 @@ class SyntheticConfig:
                 "num_token_tasks: at least one task is needed; set num_token_tasks >= 1 or "
                 "enable sequence_classification / sequence_regression, got 0 and both off"
             )
+        object.__setattr__(self, "task_label_noise", dict(self.task_label_noise))
+        object.__setattr__(self, "label_fraction", dict(self.label_fraction))
+        self._check_task_map("task_label_noise", lambda v: 0.0 <= v < 1.0, "in [0, 1)",
+                             classification_only=True)
+        self._check_task_map("label_fraction", lambda v: 0.0 < v <= 1.0, "in (0, 1]",
+                             classification_only=False)
+
+    def _check_task_map(self, key: str, ok: Any, allowed: str, *,
+                        classification_only: bool) -> None:
+        """A per-task knob names tasks of this suite and holds numbers in range."""
+        specs = {t.name: t for t in suite_tasks(self)}
+        for name, value in getattr(self, key).items():
+            if name not in specs:
+                raise ValueError(
+                    f"{key}: unknown task {name!r}; this suite's tasks: {', '.join(specs)}"
+                )
+            if classification_only and specs[name].kind != "classification":
+                raise ValueError(f"{key}: {name!r} is a regression task (no class labels)")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ValueError(f"{key}.{name}: must be a number {allowed}, got {value!r}")
+
+    def __hash__(self) -> int:
+        # Frozen and hashable like every knob set; the per-task maps hash as sorted items.
+        return hash(tuple(
+            tuple(sorted(v.items())) if isinstance(v, dict) else v
+            for v in (getattr(self, f.name) for f in dataclasses.fields(self))
+        ))
+
+    def noise_of(self, task: str) -> float:
+        """The label noise probability of ``task``."""
+        return float(self.task_label_noise.get(task, self.label_noise))
 
 
 def _check_bounds(f: dataclasses.Field, value: object) -> None:
@@ -464,13 +508,15 @@ def _make_split(
     for k, spec in enumerate(tasks):
         if spec.name in proc.tag_maps:
             clean = _lagged(proc.tag_maps[spec.name][z], proc.tag_lags[spec.name])
-            stream = _TOKEN_TASK + k if spec.name != "conflict" else _NOISE_CONFLICT
-            y = _noisy(_rng(cfg.seed, sid, stream), clean, spec.num_classes, cfg.label_noise)
+            stream = _task_stream(k, spec.name)
+            y = _noisy(_rng(cfg.seed, sid, stream), clean, spec.num_classes,
+                       cfg.noise_of(spec.name))
             labels[spec.name] = [y[i, : lengths[i]] for i in range(n)]
         elif spec.name == "seq_class":
             clean = np.minimum(_crossings(proc.high[z], lengths), spec.num_classes - 1)
             labels[spec.name] = _noisy(
-                _rng(cfg.seed, sid, _NOISE_SEQ_CLASS), clean, spec.num_classes, cfg.label_noise
+                _rng(cfg.seed, sid, _NOISE_SEQ_CLASS), clean, spec.num_classes,
+                cfg.noise_of(spec.name),
             )
         elif spec.name == "seq_value":
             valid = np.arange(cfg.max_len)[None, :] < lengths[:, None]
@@ -479,7 +525,34 @@ def _make_split(
             y = cfg.loss_scale * (frac + cfg.value_noise * noise)
             labels[spec.name] = y.astype(np.float32)[:, None]
     inputs = [x[i, : lengths[i]].copy() for i in range(n)]
-    return SequenceDataset(inputs=inputs, labels=labels, masks={}), {"x": x, "lengths": lengths}
+    masks = _partial_masks(cfg, tasks, lengths, sid) if split == "train" else {}
+    return SequenceDataset(inputs=inputs, labels=labels, masks=masks), {"x": x, "lengths": lengths}
+
+
+def _task_stream(k: int, name: str) -> int:
+    """The random stream id of task ``name`` at suite position ``k`` (its label noise)."""
+    fixed = {"conflict": _NOISE_CONFLICT, "seq_class": _NOISE_SEQ_CLASS,
+             "seq_value": _NOISE_SEQ_VALUE}
+    return fixed.get(name, _TOKEN_TASK + k)
+
+
+def _partial_masks(
+    cfg: SyntheticConfig, tasks: tuple[TaskSpec, ...], lengths: np.ndarray, sid: int
+) -> dict[str, Any]:
+    """Label masks of the tasks in ``cfg.label_fraction``: each sequence labelled for the task
+    with that probability (its own stream, so a larger fraction labels a superset)."""
+    masks: dict[str, Any] = {}
+    for k, spec in enumerate(tasks):
+        if spec.name not in cfg.label_fraction:
+            continue
+        u = _rng(cfg.seed, sid, _task_stream(k, spec.name), _LABELLED).random(len(lengths))
+        keep = (u < cfg.label_fraction[spec.name]).astype(np.float32)
+        if spec.level == "token":
+            masks[spec.name] = [np.full(int(n), keep[i], np.float32)
+                                for i, n in enumerate(lengths)]
+        else:
+            masks[spec.name] = keep
+    return masks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,7 +672,11 @@ def _describe(cfg: SyntheticConfig, tasks: Sequence[TaskSpec]) -> str:
         f"loss_scale={cfg.loss_scale}"
         + ("; 'conflict' tags the remainder of tag0's ordering (grouping what tag0 separates) "
            f"at lag {cfg.conflict_lag}" if cfg.conflict else "")
-        + f". Class labels are replaced at random with probability {cfg.label_noise}. "
+        + f". Class labels are replaced at random with probability {cfg.label_noise}"
+        + "".join(f"; {t}'s with {p}" for t, p in cfg.task_label_noise.items())
+        + "".join(f"; {t} is labelled on a fraction {f} of the training sequences"
+                  for t, f in cfg.label_fraction.items())
+        + ". "
         f"Splits: {cfg.num_train} train, {cfg.num_dev} dev, {cfg.num_test} test. Bayes-optimal "
         f"scores from the known process are in Suite.bayes."
     )
@@ -610,8 +687,8 @@ def make_suite(cfg: SyntheticConfig) -> Suite:
 
     Deterministic in ``cfg`` (every draw comes from ``cfg.seed``). Each split is a
     :class:`SequenceDataset` with ``inputs`` int32 ``[L_i]`` in ``[1, vocab_size)``, token
-    labels int32 ``[L_i]``, ``seq_class`` int32 ``[N]``, ``seq_value`` float32 ``[N, 1]``, and
-    no masks (fully labelled).
+    labels int32 ``[L_i]``, ``seq_class`` int32 ``[N]``, ``seq_value`` float32 ``[N, 1]``;
+    masks only for the training split's tasks in ``label_fraction`` (the rest fully labelled).
     """
     tasks = suite_tasks(cfg)
     proc = _make_process(cfg)

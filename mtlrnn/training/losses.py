@@ -146,7 +146,9 @@ def group_loss_sums(
             jnp.array([s.huber_delta for s in group.specs], jnp.float32),
         )
     axes = tuple(range(1, mask.ndim))
-    return jnp.sum(per * mask, axis=axes), jnp.sum(mask, axis=axes)
+    scale = np.array([s.loss_scale for s in group.specs], np.float32)
+    sums = jnp.sum(per * mask, axis=axes)
+    return (sums * scale if np.any(scale != 1.0) else sums), jnp.sum(mask, axis=axes)
 
 
 def task_losses(
